@@ -1,0 +1,46 @@
+# Expression-aware self-supervised face pretraining. `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+DATA ?=
+SHARDS ?= shards
+CONFIG ?=
+ARGS ?=
+
+.PHONY: help setup shards shards-merge test bench-shards clean-shards
+
+help:
+	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
+	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
+	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
+	@echo "make test                       run the test suite"
+	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
+	@echo "options of the batch stage:     $(PY) -m preprocess build --help"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@if ! command -v ffmpeg >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -q ffmpeg || (apt-get update -q && apt-get install -y -q ffmpeg)) >/dev/null; \
+	  else echo "ffmpeg is missing: install it (e.g. sudo apt-get install ffmpeg) and rerun"; exit 1; fi; fi
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+shards: setup
+	@if [ -z "$(DATA)" ]; then echo "usage: make shards DATA=<corpus folder or CSV> [SHARDS=<out>]"; exit 2; fi
+	$(PY) -m preprocess build "$(DATA)" "$(SHARDS)" $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
+
+shards-merge: setup
+	$(PY) -m preprocess merge "$(SHARDS)"
+
+test: setup
+	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+bench-shards: setup
+	$(PY) bench/bench_shards.py $(ARGS)

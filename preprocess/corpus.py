@@ -1,0 +1,136 @@
+"""Finding the clips of a corpus in one of three layouts, each with its speaker (the identity)."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv"}
+FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
+@dataclass(frozen=True)
+class Clip:
+    kind: str      # "video" (one file) or "frames" (a folder of numbered images)
+    path: Path     # absolute
+    rel: str       # relative to the corpus root, for reports
+    speaker: str
+    video: str
+    clip: str
+
+    @property
+    def key(self) -> str:
+        """Unique, stable, WebDataset-safe sample key (no dots): readable part + hash of the path."""
+        readable = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.speaker}-{self.video}-{self.clip}")[:80]
+        return f"{readable}-{hashlib.sha1(self.rel.encode()).hexdigest()[:8]}"
+
+
+class CorpusError(ValueError):
+    """DATA missing, empty, or in no known layout; reported as one line."""
+
+
+def detect_layout(data: Path) -> str:
+    if data.is_file() and data.suffix.lower() == ".csv":
+        return "csv"
+    if not data.is_dir():
+        raise CorpusError(f"{data}: no such folder or CSV file")
+    if (data / "unzippedIntervalFaces").is_dir() or any(data.glob("*/1.6")) or any(data.glob("data/*/1.6")):
+        return "frames"
+    return "videos"
+
+
+def find_clips(data: str | Path, layout: str = "auto", meta_csv: str = "") -> tuple[list[Clip], list[dict]]:
+    """All clips of the corpus, sorted by key, and the rejects (paths that fit no layout)."""
+    data = Path(data).resolve()
+    layout = detect_layout(data) if layout == "auto" else layout
+    if layout == "videos":
+        clips, rejects = _videos_tree(data)
+    elif layout == "frames":
+        clips, rejects = _frames_tree(data, meta_csv)
+    elif layout == "csv":
+        clips, rejects = _csv_list(data)
+    else:
+        raise CorpusError(f"layout={layout!r}: expected auto, videos, frames or csv")
+    return sorted(clips, key=lambda c: c.key), rejects
+
+
+def _reject(rel: str, reason: str) -> dict:
+    return {"source": rel, "key": "", "frame": -1, "timestamp": -1.0, "step": "discover", "reason": reason}
+
+
+def _videos_tree(root: Path):
+    clips, rejects = [], []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() not in VIDEO_EXTENSIONS or p.is_dir():
+            continue
+        parts = p.relative_to(root).parts
+        rel = "/".join(parts)
+        if len(parts) < 3:
+            rejects.append(_reject(rel, "not in the <speaker>/<video>/<clip> layout"))
+            continue
+        clips.append(Clip("video", p, rel, parts[0], parts[-2], p.stem))
+    return clips, rejects
+
+
+def _speaker_names(root: Path, meta_csv: str) -> dict[str, str]:
+    """VGGFace1 name -> VoxCeleb1 id, from vox1_meta.csv (tab-separated), when available."""
+    candidates = [Path(meta_csv)] if meta_csv else [d / "vox1_meta.csv" for d in [root, *root.parents][:4]]
+    for path in candidates:
+        if path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            dialect = "excel-tab" if "\t" in text.splitlines()[0] else "excel"
+            rows = list(csv.reader(text.splitlines(), dialect=dialect))
+            return {r[1].strip(): r[0].strip() for r in rows[1:] if len(r) >= 2}
+        if meta_csv:
+            raise CorpusError(f"meta_csv={meta_csv}: no such file")
+    return {}
+
+
+def _frames_tree(root: Path, meta_csv: str):
+    names = _speaker_names(root, meta_csv)
+    clips, rejects = [], []
+    folders = sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in FRAME_EXTENSIONS})
+    for folder in folders:
+        parts = folder.relative_to(root).parts
+        rel = "/".join(parts)
+        if "1.6" in parts and parts.index("1.6") >= 1 and len(parts) >= parts.index("1.6") + 3:
+            i = parts.index("1.6")
+            name, video, clip = parts[i - 1], parts[i + 1], "_".join(parts[i + 2:])
+        elif len(parts) >= 3:
+            name, video, clip = parts[-3], parts[-2], parts[-1]
+        else:
+            rejects.append(_reject(rel, "frame folder not in the <Name>/1.6/<ytid>/<clip> layout"))
+            continue
+        clips.append(Clip("frames", folder, rel, names.get(name, name), video, clip))
+    return clips, rejects
+
+
+def _csv_list(path: Path):
+    clips, rejects = [], []
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"path", "speaker"} <= set(reader.fieldnames):
+            raise CorpusError(f"{path}: needs a header with columns path,speaker[,video]")
+        for n, row in enumerate(reader, start=2):
+            raw = (row.get("path") or "").strip()
+            speaker = (row.get("speaker") or "").strip()
+            if not raw or not speaker:
+                rejects.append(_reject(f"{path.name}:{n}", "row without path or speaker"))
+                continue
+            p = Path(raw) if Path(raw).is_absolute() else (path.parent / raw)
+            kind = "frames" if p.is_dir() else "video"
+            video = (row.get("video") or "").strip() or p.parent.name
+            clips.append(Clip(kind, p.resolve(), raw, speaker, video, p.stem if kind == "video" else p.name))
+    return clips, rejects
+
+
+def select_part(clips: list[Clip], part: str) -> list[Clip]:
+    """The deterministic part i of n (by a hash of each clip's key), for job arrays."""
+    try:
+        i, n = (int(x) for x in part.split("/"))
+        assert 0 <= i < n
+    except (ValueError, AssertionError):
+        raise CorpusError(f"part={part!r}: expected i/n with 0 <= i < n") from None
+    return [c for c in clips if int(hashlib.sha1(c.key.encode()).hexdigest(), 16) % n == i]

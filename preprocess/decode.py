@@ -1,0 +1,160 @@
+"""Decoding a clip into sampled RGB frames with their true timestamps.
+
+Videos: ffmpeg keeps the first frame at or after each point of the sampling grid k / sample_fps (the `select`
+filter), so every frame is a real source frame with its stream timestamp, whatever the source rate; ffmpeg
+applies the rotation metadata; `showinfo` reports each kept frame's timestamp and size.
+Frame folders: files ordered by the number in their name (never by listing order), timestamp = number /
+frames_fps, the same grid selection."""
+from __future__ import annotations
+
+import math
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import ffmpeg
+import numpy as np
+
+from preprocess.corpus import FRAME_EXTENSIONS, Clip
+
+
+class DecodeError(RuntimeError):
+    """The clip cannot be decoded at all; the message is the reason stored in the rejects table."""
+
+
+@dataclass
+class Frame:
+    timestamp: float
+    source_frame: int
+    rgb: np.ndarray | None  # None: the image could not be read
+
+
+@dataclass
+class DecodeReport:
+    """Filled while frames are yielded: problems that did not stop decoding."""
+    warning: str = ""
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise DecodeError("file not found")
+    if not os.access(path, os.R_OK):
+        raise DecodeError("unreadable file (permission denied)")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DecodeError("empty file (0 bytes)")
+
+
+def probe(path: Path) -> dict:
+    """ffprobe's view of the first video stream; DecodeError when it is not a video."""
+    _check_file(path)
+    try:
+        info = ffmpeg.probe(str(path))
+    except ffmpeg.Error as e:
+        lines = [ln for ln in e.stderr.decode(errors="replace").splitlines() if ln.strip()]
+        raise DecodeError(f"not a readable video ({lines[-1].strip() if lines else 'ffprobe failed'})") from None
+    streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
+    if not streams:
+        raise DecodeError("no video stream")
+    return streams[0]
+
+
+_SHOWINFO = re.compile(r"Parsed_showinfo.*\bn:\s*(\d+).*\bpts_time:\s*(\S+).*\bs:(\d+)x(\d+)")
+
+
+def grid_select(timestamps: list[float], sample_fps: float) -> list[int]:
+    """Indices of the first timestamp at or after each grid point k / sample_fps (what the ffmpeg filter does)."""
+    chosen, last_cell = [], None
+    for i, t in enumerate(timestamps):
+        cell = math.floor(t * sample_fps + 1e-9)
+        if last_cell is None or cell > last_cell:
+            chosen.append(i)
+            last_cell = cell
+    return chosen
+
+
+def read_video(path: Path, sample_fps: float, max_side: int, report: DecodeReport) -> Iterator[Frame]:
+    stream = probe(path)
+    rate = float(Fraction(stream.get("avg_frame_rate") or "0/1") or Fraction(stream.get("r_frame_rate", "25/1")))
+    start = float(stream.get("start_time") or 0.0)
+    r = repr(float(sample_fps))
+    select = f"isnan(prev_selected_t)+gt(floor(t*{r}+1e-9),floor(prev_selected_t*{r}+1e-9))"
+    scale_w = f"if(gt(iw,ih),min(iw,{max_side}),-2)"
+    scale_h = f"if(gt(iw,ih),-2,min(ih,{max_side}))"
+    proc = (ffmpeg.input(str(path), threads=1)
+            .filter("select", select).filter("scale", w=scale_w, h=scale_h).filter("showinfo")
+            .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
+            .global_args("-nostdin", "-hide_banner", "-loglevel", "info")
+            .run_async(pipe_stdout=True, pipe_stderr=True))
+    infos: queue.Queue = queue.Queue()
+    errors: list[str] = []
+
+    def read_stderr():
+        for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            m = _SHOWINFO.search(line)
+            if m:
+                infos.put((float(m.group(2)), int(m.group(3)), int(m.group(4))))
+            elif re.search(r"error|invalid|corrupt|truncat|missing", line, re.I):
+                errors.append(line.split("] ", 1)[-1])
+        infos.put(None)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    count = 0
+    try:
+        while True:
+            info = infos.get()
+            if info is None:
+                break
+            pts, w, h = info
+            data = proc.stdout.read(w * h * 3)
+            if len(data) < w * h * 3:
+                break
+            count += 1
+            yield Frame(pts, int(round((pts - start) * rate)), np.frombuffer(data, np.uint8).reshape(h, w, 3))
+    finally:
+        proc.stdout.close()
+        code = proc.wait()
+        reader.join()
+    if count == 0:
+        raise DecodeError(f"no frame could be decoded ({errors[-1] if errors else f'ffmpeg exit {code}'})")
+    if code != 0 or errors:
+        report.warning = f"decoding stopped or skipped data ({errors[-1] if errors else f'ffmpeg exit {code}'}); " \
+                         f"the {count} frames decoded were kept"
+
+
+def read_frame_folder(folder: Path, sample_fps: float, frames_fps: float, max_side: int) -> Iterator[Frame]:
+    _check_file(folder)
+    numbered = []
+    for p in folder.iterdir():
+        m = re.search(r"(\d+)$", p.stem)
+        if p.suffix.lower() in FRAME_EXTENSIONS and m:
+            numbered.append((int(m.group(1)), p))
+    if not numbered:
+        raise DecodeError("no numbered frame images in the folder")
+    numbered.sort()
+    times = [n / frames_fps for n, _ in numbered]
+    for i in grid_select(times, sample_fps):
+        n, p = numbered[i]
+        bgr = cv2.imdecode(np.fromfile(p, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:  # an unreadable image is a dropped frame (rgb None), not a failed clip
+            yield Frame(times[i], n, None)
+            continue
+        h, w = bgr.shape[:2]
+        if max(h, w) > max_side:
+            s = max_side / max(h, w)
+            bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
+        yield Frame(times[i], n, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+
+
+def read_clip(clip: Clip, sample_fps: float, frames_fps: float, max_side: int,
+              report: DecodeReport) -> Iterator[Frame]:
+    if clip.kind == "frames":
+        return read_frame_folder(clip.path, sample_fps, frames_fps, max_side)
+    return read_video(clip.path, sample_fps, max_side, report)

@@ -1,0 +1,89 @@
+"""Step `faces`: decode a clip, find landmarks, align each face to the template, crop eyes and mouth.
+
+Output per clip (cached): aligned face, eye and mouth crops as JPEG blobs, landmarks and region boxes in
+aligned-crop pixels, timestamps, and the reason for every dropped frame."""
+from __future__ import annotations
+
+import time
+
+import cv2
+import numpy as np
+
+from preprocess.corpus import Clip
+from preprocess.decode import DecodeError, DecodeReport, read_clip
+from preprocess.face_geometry import N_LANDMARKS, alignment_matrix, apply, crop_region, region_boxes
+from preprocess.schema import encode_jpeg, join_jpegs
+from preprocess.settings import ShardsConfig
+
+
+def reject(clip: Clip, step: str, reason: str, frame: int = -1, timestamp: float = -1.0) -> dict:
+    return {"source": clip.rel, "key": clip.key, "frame": frame, "timestamp": timestamp, "step": step,
+            "reason": reason}
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray, face_size: int, region_size: int):
+    """Aligned face, landmarks and [eyes, mouth] boxes in crop pixels, and the eye and mouth crops (taken
+    from the full-resolution frame)."""
+    m = alignment_matrix(landmarks, face_size)
+    interp = cv2.INTER_AREA if np.hypot(*m[0, :2]) < 1 else cv2.INTER_LINEAR
+    face = cv2.warpAffine(rgb, m, (face_size, face_size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+    lm = apply(m, landmarks)
+    boxes = region_boxes(lm)
+    eyes = crop_region(rgb, m, boxes[0], region_size)
+    mouth = crop_region(rgb, m, boxes[1], region_size)
+    return face, lm, boxes, eyes, mouth
+
+
+def run_faces(clip: Clip, cfg: ShardsConfig) -> tuple[dict, dict]:
+    """(arrays, info) for the cache. A clip that cannot be decoded, or has no usable face, yields zero frames
+    and its reason in info['rejects']."""
+    from preprocess.landmarks import FaceTracker
+
+    t0 = time.perf_counter()
+    rejects: list[dict] = []
+    kept = {"time": [], "source_frame": [], "n_faces": [], "landmarks": [], "boxes": []}
+    jpegs = {"faces": [], "eyes": [], "mouth": []}
+    report = DecodeReport()
+    sampled = 0
+    drops: dict[str, int] = {}
+    try:
+        with FaceTracker(cfg.max_faces, cfg.min_face_px, cfg.min_detection_confidence) as tracker:
+            for i, frame in enumerate(read_clip(clip, cfg.sample_fps, cfg.frames_fps, cfg.max_side, report)):
+                sampled += 1
+                if frame.rgb is None:
+                    reason, det = "unreadable frame image", None
+                else:
+                    det = tracker.detect(frame.rgb)
+                    reason = det.reason
+                if reason:
+                    drops[reason.split(" (")[0]] = drops.get(reason.split(" (")[0], 0) + 1
+                    rejects.append(reject(clip, "faces", reason, i, frame.timestamp))
+                    continue
+                face, lm, boxes, eyes, mouth = align_face(frame.rgb, det.landmarks, cfg.face_size,
+                                                          cfg.region_size)
+                kept["time"].append(frame.timestamp)
+                kept["source_frame"].append(frame.source_frame)
+                kept["n_faces"].append(det.n_faces)
+                kept["landmarks"].append(lm)
+                kept["boxes"].append(boxes)
+                for name, img in (("faces", face), ("eyes", eyes), ("mouth", mouth)):
+                    jpegs[name].append(encode_jpeg(img, cfg.jpeg_quality))
+    except DecodeError as e:
+        rejects.append(reject(clip, "faces", str(e)))
+    if report.warning:
+        rejects.append(reject(clip, "faces", report.warning))
+    n = len(kept["time"])
+    if n == 0 and sampled > 0:
+        rejects.append(reject(clip, "faces", f"no usable face in any of the {sampled} sampled frames"))
+    arrays = {
+        "time": np.array(kept["time"], np.float64),
+        "source_frame": np.array(kept["source_frame"], np.int32),
+        "n_faces": np.array(kept["n_faces"], np.int8),
+        "landmarks": np.array(kept["landmarks"], np.float16).reshape(n, N_LANDMARKS, 2),
+        "boxes": np.array(kept["boxes"], np.float16).reshape(n, 2, 4),
+    }
+    for name, items in jpegs.items():
+        arrays[f"{name}_blob"], arrays[f"{name}_idx"] = join_jpegs(items)
+    info = {"sampled": sampled, "kept": n, "drops": drops, "rejects": rejects,
+            "failed": n == 0, "seconds": time.perf_counter() - t0}
+    return arrays, info

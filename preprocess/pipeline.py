@@ -1,0 +1,285 @@
+"""`make shards`: corpus -> faces -> region -> faceswap -> pack, each step cached by a hash of its inputs and
+options so that a rerun does only what changed."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from preprocess import faceswap as fs
+from preprocess.cache import StepCache, atomic_write_bytes, digest, fingerprint, load_npz
+from preprocess.config import step_options, to_toml
+from preprocess.corpus import Clip, find_clips, select_part
+from preprocess.faces import reject, run_faces
+from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
+from preprocess.settings import ShardsConfig
+
+# Bump a step's version when its code changes what it writes: its cache (and everything after) is redone.
+STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 1}
+
+
+@dataclass
+class Plan:
+    """Per clip: the hash keying each step's output."""
+    clips: list[Clip]
+    faces: dict = field(default_factory=dict)
+    region: dict = field(default_factory=dict)
+    faceswap: dict = field(default_factory=dict)
+    donors: dict = field(default_factory=dict)
+
+
+def output_dir(shards: Path, part: str) -> Path:
+    i, n = part.split("/")
+    return shards if n == "1" else shards / "parts" / f"{i}-of-{n}"
+
+
+def _pool(workers: int, n_jobs: int):
+    return mp.get_context("spawn").Pool(min(workers, n_jobs)) if workers > 1 and n_jobs > 1 else None
+
+
+def _run_jobs(fn, jobs: list, workers: int, desc: str, unit_counter):
+    """Run fn over jobs (in worker processes when workers > 1), with a progress bar; yields results."""
+    pool = _pool(workers, len(jobs))
+    results = pool.imap_unordered(fn, jobs) if pool else map(fn, jobs)
+    frames, t0 = 0, time.perf_counter()
+    try:
+        with tqdm(total=len(jobs), desc=desc, unit="clip", dynamic_ncols=True) as bar:
+            for r in results:
+                frames += unit_counter(r)
+                bar.update(1)
+                bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
+                yield r
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def _faces_job(args):
+    clip, cfg, cache_root, h = args
+    arrays, info = run_faces(clip, cfg)
+    StepCache(cache_root, "faces").save(clip.key, h, arrays, info)
+    return info
+
+
+def _swap_job(args):
+    key, h, cfg, cache_root, face_path, donor_paths = args
+    arrays, _ = load_npz(face_path)
+    donors = {d: load_npz(p)[0] for d, p in donor_paths.items()}
+    out, info = make_swaps(key, arrays, donors, cfg)
+    StepCache(cache_root, "faceswap").save(key, h, out, info)
+    return info
+
+
+def _images(arrays: dict, name: str) -> list[np.ndarray]:
+    blob, idx = arrays[f"{name}_blob"], arrays[f"{name}_idx"]
+    return [decode_jpeg(jpeg_at(blob, idx, i)) for i in range(len(idx) - 1)]
+
+
+def make_swaps(key: str, arrays: dict, donors: dict[str, dict], cfg: ShardsConfig) -> tuple[dict, dict]:
+    """Composites for every frame of one clip, given its faces output and its donor clips' outputs."""
+    faces = _images(arrays, "faces")
+    lms = arrays["landmarks"].astype(np.float32)
+    donor_faces: dict[tuple, np.ndarray] = {}
+    jpegs, donor_names, misfits, rejects = [], [], [], []
+    for i, (face, lm) in enumerate(zip(faces, lms)):
+        best = None
+        for d, darr in donors.items():
+            j = fs.donor_frame(cfg.swap_seed, key, i, d, len(darr["time"]))
+            err, m = fs.misfit(lm, darr["landmarks"][j].astype(np.float32))
+            if best is None or err < best[0]:
+                best = (err, m, d, j)
+        if best is None or best[0] > cfg.swap_max_misfit:
+            reason = "no donor of another speaker" if best is None else \
+                f"landmark geometry too different from every donor tried (misfit {best[0]:.3f} > " \
+                f"{cfg.swap_max_misfit:g})"
+            rejects.append({"source": "", "key": key, "frame": i, "timestamp": float(arrays["time"][i]),
+                            "step": "faceswap", "reason": reason})
+            jpegs.append(b"")
+            donor_names.append("")
+            misfits.append(np.nan if best is None else best[0])
+            continue
+        err, m, d, j = best
+        if (d, j) not in donor_faces:
+            blob, idx = donors[d]["faces_blob"], donors[d]["faces_idx"]
+            donor_faces[(d, j)] = decode_jpeg(jpeg_at(blob, idx, j))
+        img = fs.composite(face, lm, donor_faces[(d, j)], donors[d]["landmarks"][j].astype(np.float32), m,
+                           cfg.swap_feather, cfg.swap_colour_blur)
+        jpegs.append(encode_jpeg(img, cfg.jpeg_quality))
+        donor_names.append(f"{d}/{j}")
+        misfits.append(err)
+    blob, idx = join_jpegs(jpegs)
+    info = {"donors": donor_names, "made": sum(1 for j in jpegs if j), "rejects": rejects}
+    return {"swaps_blob": blob, "swaps_idx": idx, "misfit": np.array(misfits, np.float32)}, info
+
+
+def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict) -> int:
+    """Region descriptors for the clips in todo, batched across clips. Returns frames embedded."""
+    encoder = None
+    if cfg.region_descriptor == "resnet18":
+        from preprocess.regions import ResNet18Regions
+
+        encoder = ResNet18Regions(cfg.region_weights, cfg.device)
+    elif cfg.region_descriptor != "landmarks":
+        raise ValueError(f"region_descriptor={cfg.region_descriptor!r}: expected resnet18 or landmarks")
+    from preprocess.regions import landmark_descriptor
+
+    done = 0
+    t0 = time.perf_counter()
+    with tqdm(total=len(todo), desc="region", unit="clip", dynamic_ncols=True) as bar:
+        for clip in todo:
+            arrays, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
+            if encoder is None:
+                region = landmark_descriptor(arrays["landmarks"])
+            else:
+                eyes, mouths = np.stack(_images(arrays, "eyes")), np.stack(_images(arrays, "mouth"))
+                bs = max(1, cfg.region_batch_size // 2)
+                region = np.concatenate([encoder(eyes[i:i + bs], mouths[i:i + bs])
+                                         for i in range(0, len(eyes), bs)])
+            caches["region"].save(clip.key, plan.region[clip.key], {"region": region},
+                                  {"descriptor": cfg.region_descriptor, "dim": int(region.shape[1])})
+            done += len(region)
+            bar.update(1)
+            bar.set_postfix_str(f"{done / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
+    return done
+
+
+def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
+    """Run every step that is not up to date; returns the run summary (also written as summary.json)."""
+    from preprocess.pack import pack, pack_is_current
+
+    t_start = time.perf_counter()
+    shards = Path(shards)
+    out = output_dir(shards, cfg.part)
+    out.mkdir(parents=True, exist_ok=True)
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else shards / ".cache"
+    caches = {s: StepCache(cache_root, s) for s in ("faces", "region", "faceswap")}
+    timings: dict[str, float] = {}
+    work: dict[str, int] = {}
+
+    t = time.perf_counter()
+    all_clips, discover_rejects = find_clips(data, cfg.layout, cfg.meta_csv)
+    clips = select_part(all_clips, cfg.part)
+    if cfg.max_clips:
+        clips = clips[:cfg.max_clips]
+    plan = Plan(clips)
+    opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
+    for c in clips:
+        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], fingerprint(c), opts["faces"])
+    timings["discover"] = time.perf_counter() - t
+    atomic_write_bytes(out / CONFIG, to_toml(cfg).encode())
+
+    # faces: decode, landmarks, alignment, crops
+    t = time.perf_counter()
+    todo = [c for c in clips if not caches["faces"].has(c.key, plan.faces[c.key])]
+    jobs = [(c, cfg, cache_root, plan.faces[c.key]) for c in todo]
+    for _ in _run_jobs(_faces_job, jobs, cfg.workers, "faces", lambda info: info["sampled"]):
+        pass
+    work["faces"] = len(todo)
+    infos = {c.key: load_npz_info(caches["faces"].path(c.key, plan.faces[c.key])) for c in clips}
+    usable = [c for c in clips if not infos[c.key]["failed"]]
+    timings["faces"] = time.perf_counter() - t
+
+    # region: MaskFN descriptors
+    t = time.perf_counter()
+    for c in usable:
+        plan.region[c.key] = digest("region", STEP_VERSIONS["region"], plan.faces[c.key], opts["region"])
+    todo = [c for c in usable if not caches["region"].has(c.key, plan.region[c.key])]
+    work["region"] = embed_regions(todo, plan, cfg, caches) if todo else 0
+    timings["region"] = time.perf_counter() - t
+
+    # faceswap: composites with donors of other speakers
+    t = time.perf_counter()
+    speakers = {c.key: c.speaker for c in usable}
+    for c in usable:
+        donors = fs.choose_donor_clips(c.key, c.speaker, speakers, cfg.swap_seed, cfg.swap_tries) \
+            if cfg.faceswap else []
+        plan.donors[c.key] = donors
+        plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],
+                                      [plan.faces[d] for d in donors], opts["faceswap"])
+    todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
+    jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
+             {d: caches["faces"].path(d, plan.faces[d]) for d in plan.donors[c.key]}) for c in todo]
+    made = sum(info["made"] for info in _run_jobs(_swap_job, jobs, cfg.workers, "faceswap",
+                                                     lambda info: len(info["donors"])))
+    work["faceswap"] = len(todo)
+    timings["faceswap"] = time.perf_counter() - t
+
+    # pack: shards + manifest
+    t = time.perf_counter()
+    pack_hash = digest("pack", [(c.key, plan.faces[c.key], plan.region[c.key], plan.faceswap[c.key])
+                                for c in usable], opts["pack"])
+    if pack_is_current(out, pack_hash):
+        packed = None
+        work["pack"] = 0
+    else:
+        packed = pack(out, usable, plan, caches, cfg, pack_hash, discover_rejects, infos)
+        work["pack"] = 1
+    timings["pack"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+
+    summary = summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, timings, made, packed)
+    atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def load_npz_info(path: Path) -> dict:
+    with np.load(path, allow_pickle=False) as z:
+        return json.loads(z["_info"].tobytes())
+
+
+def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, timings, made, packed) -> dict:
+    from preprocess.schema import MANIFEST
+
+    drops: dict[str, int] = {}
+    for info in infos.values():
+        for reason, n in info["drops"].items():
+            drops[reason] = drops.get(reason, 0) + n
+    failed = [(c.rel, next((r["reason"] for r in infos[c.key]["rejects"] if r["frame"] == -1), "?"))
+              for c in clips if infos[c.key]["failed"]]
+    swap_made = swap_skipped = 0
+    for c in usable:
+        info = load_npz_info(caches["faceswap"].path(c.key, plan.faceswap[c.key]))
+        swap_made += info["made"]
+        swap_skipped += len(info["donors"]) - info["made"]
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(out / MANIFEST).metadata if (out / MANIFEST).is_file() else {}
+    return {
+        "output": str(out),
+        "clips": len(clips), "clips_usable": len(usable), "clips_failed": len(failed),
+        "failed": [{"source": s, "reason": r} for s, r in failed],
+        "unplaced_files": len(discover_rejects),
+        "frames_sampled": sum(i["sampled"] for i in infos.values()),
+        "frames_kept": sum(i["kept"] for i in infos.values()),
+        "frames_dropped": drops,
+        "composites": swap_made, "composites_skipped": swap_skipped,
+        "shards": int(meta.get(b"shards", b"0")) if meta else 0,
+        "bytes": int(meta.get(b"bytes", b"0")) if meta else 0,
+        "work_done": work, "seconds": {k: round(v, 2) for k, v in timings.items()},
+        "repacked": packed is not None,
+    }
+
+
+def print_summary(s: dict) -> None:
+    print("\n== make shards ==")
+    print(f"output        {s['output']}")
+    print(f"clips         {s['clips']} ({s['clips_usable']} usable, {s['clips_failed']} failed"
+          f"{', %d files outside the layout' % s['unplaced_files'] if s['unplaced_files'] else ''})")
+    for f in s["failed"][:10]:
+        print(f"  failed      {f['source']}: {f['reason']}")
+    if len(s["failed"]) > 10:
+        print(f"  ... {len(s['failed']) - 10} more in rejects.parquet")
+    dropped = sum(s["frames_dropped"].values())
+    print(f"frames        {s['frames_kept']} kept of {s['frames_sampled']} sampled, {dropped} dropped"
+          + "".join(f"\n  dropped     {n} {r}" for r, n in sorted(s["frames_dropped"].items())))
+    print(f"composites    {s['composites']} made, {s['composites_skipped']} skipped")
+    print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB)")
+    w = s["work_done"]
+    print(f"this run      faces {w['faces']} clips, region {w['region']} frames, faceswap {w['faceswap']} "
+          f"clips, pack {'yes' if w['pack'] else 'no (up to date)'}")
+    print("seconds       " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))

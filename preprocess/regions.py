@@ -1,0 +1,93 @@
+"""Step `region`: the MaskFN region descriptor of every kept frame.
+
+resnet18: a frozen ImageNet ResNet18, global-average-pooled, on the eye crop and the mouth crop, concatenated
+(eyes || mouth = 1024-d), as the paper. landmarks: the eye and mouth landmark geometry, centred and scaled
+by the inter-ocular distance (no weights needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from preprocess.face_geometry import LEFT_EYE, LIPS, RIGHT_EYE, inter_ocular
+
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+class WeightsMissing(RuntimeError):
+    pass
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device}: no CUDA device here (use device=cpu or auto)")
+    return device
+
+
+def imagenet_resnet18(weights: str = ""):
+    """torchvision ResNet18 without its classifier (512-d pooled features), in eval mode.
+    weights: '' = torchvision's cache (never downloads), a file path, or 'random' (tests only)."""
+    import torch
+    import torchvision
+
+    model = torchvision.models.resnet18()
+    if weights != "random":
+        if weights:
+            path = Path(weights)
+        else:
+            url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+            path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+        if not path.is_file():
+            url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+            raise WeightsMissing(
+                f"ImageNet ResNet18 weights not found at {path}. Download {url} on a machine with internet "
+                f"and put it there (or pass region_weights=<file>), or use region_descriptor=landmarks, "
+                f"which needs no weights.")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+        except Exception as e:
+            raise WeightsMissing(f"{path}: not a ResNet18 state dict ({str(e).splitlines()[0]})") from None
+    model.fc = torch.nn.Identity()
+    return model.eval().requires_grad_(False)
+
+
+class ResNet18Regions:
+    dim = 1024
+
+    def __init__(self, weights: str, device: str):
+        import torch
+
+        self.torch = torch
+        self.device = resolve_device(device)
+        self.model = imagenet_resnet18(weights).to(self.device)
+        if self.device.startswith("cuda"):
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1) * 255
+        self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1) * 255
+
+    def __call__(self, eyes: np.ndarray, mouths: np.ndarray) -> np.ndarray:
+        """uint8 [n, s, s, 3] eye and mouth crops -> float16 [n, 1024]."""
+        torch = self.torch
+        x = torch.from_numpy(np.concatenate([eyes, mouths])).to(self.device).permute(0, 3, 1, 2).float()
+        x = (x - self.mean) / self.std
+        with torch.inference_mode(), torch.autocast(self.device.split(":")[0], torch.bfloat16,
+                                                    enabled=self.device.startswith("cuda")):
+            f = self.model(x.contiguous(memory_format=torch.channels_last)).float()
+        n = len(eyes)
+        return torch.cat([f[:n], f[n:]], 1).cpu().numpy().astype(np.float16)
+
+
+def landmark_descriptor(landmarks: np.ndarray) -> np.ndarray:
+    """float16 [n, 2*(32+40)]: eye and lip landmarks relative to the eyes' centre, in inter-ocular units."""
+    out = []
+    for lm in landmarks.astype(np.float32):
+        pts = lm[RIGHT_EYE + LEFT_EYE + LIPS]
+        centre = lm[RIGHT_EYE + LEFT_EYE].mean(0)
+        out.append(((pts - centre) / max(inter_ocular(lm), 1e-6)).ravel())
+    return np.array(out, np.float16).reshape(len(landmarks), 2 * len(RIGHT_EYE + LEFT_EYE + LIPS))

@@ -1,0 +1,186 @@
+"""The shard schema: the one definition of what `make shards` writes and the trainer reads.
+
+A shard folder holds
+  shard-NNNNNN.tar   WebDataset tar shards; one sample per clip (all its kept frames), see ClipSample
+  manifest.parquet   one row per kept frame (MANIFEST_COLUMNS); schema version and descriptor in its metadata
+  rejects.parquet    one row per dropped file, frame or composite, with the reason (REJECT_COLUMNS)
+  summary.json       counts and timings of the last run
+  config.toml        the resolved options of the last run
+A sample's files (WebDataset: `<key>.<ext>`): numeric arrays are .npy (never pickled), images are JPEG
+blobs: the JPEGs of all frames concatenated, with an int64 offsets array of n+1 entries, so that the trainer
+decodes only the frames it draws.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.parquet"
+REJECTS = "rejects.parquet"
+SUMMARY = "summary.json"
+CONFIG = "config.toml"
+SHARD_NAME = "shard-{:06d}.tar"
+
+MANIFEST_COLUMNS = {
+    "key": "sample key of the clip in the shards (WebDataset __key__)",
+    "speaker": "speaker id (the identity)",
+    "video": "video id",
+    "clip": "clip id",
+    "source": "input file or folder, relative to DATA",
+    "frame": "index of the frame within the clip's sampled frames (row in the sample's arrays)",
+    "source_frame": "frame number in the source (timestamp x stream rate for videos, file number for frames)",
+    "timestamp": "presentation time in seconds, from the stream",
+    "shard": "shard file, relative to the manifest",
+    "n_faces": "faces the detector saw in the frame (the tracked or largest one was kept)",
+    "has_region": "region descriptor stored",
+    "has_swap": "FaceSwap composite stored",
+    "swap_donor": "donor of the composite as '<clip key>/<frame>' (empty when none)",
+}
+REJECT_COLUMNS = {
+    "source": "input file or folder, relative to DATA",
+    "key": "clip key ('' when the clip could not be named)",
+    "frame": "sampled frame index (-1 for the whole clip)",
+    "timestamp": "seconds (-1 for the whole clip)",
+    "step": "pipeline step that dropped it: discover | faces | faceswap",
+    "reason": "why, in words",
+}
+
+# Sample file extensions.
+META = "meta.json"          # speaker, video, clip, source, schema, region descriptor, donors
+TIME = "time.npy"           # float64 [n] timestamps, seconds
+SOURCE_FRAME = "frame.npy"  # int32 [n]
+LANDMARKS = "landmarks.npy"  # float16 [n, 478, 2], aligned-crop pixels
+BOXES = "boxes.npy"         # float16 [n, 2, 4]: eyes and mouth x0 y0 x1 y1, aligned-crop pixels
+REGION = "region.npy"       # float16 [n, D]: MaskFN descriptor (D = 1024 for resnet18); zeros where absent
+JPEG_BLOBS = ("faces", "swaps", "eyes", "mouth")  # <name>.jpgs + <name>.idx.npy; a swap of length 0 = none
+
+
+class SchemaError(ValueError):
+    """Shards missing, empty, or written by an incompatible version; reported as one line."""
+
+
+def encode_npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_npy(b: bytes) -> np.ndarray:
+    return np.load(io.BytesIO(b), allow_pickle=False)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def decode_jpeg(b: bytes | memoryview) -> np.ndarray:
+    img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ValueError("not a JPEG")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def join_jpegs(jpegs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate JPEGs into (uint8 blob, int64 offsets[n+1])."""
+    offsets = np.zeros(len(jpegs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(j) for j in jpegs])
+    return np.frombuffer(b"".join(jpegs), np.uint8), offsets
+
+
+def jpeg_at(blob: np.ndarray | bytes, offsets: np.ndarray, i: int) -> bytes:
+    return bytes(blob[offsets[i]:offsets[i + 1]])
+
+
+@dataclass
+class ClipSample:
+    """One clip: all its kept frames, in time order."""
+    key: str
+    meta: dict
+    time: np.ndarray
+    source_frame: np.ndarray
+    landmarks: np.ndarray
+    boxes: np.ndarray
+    region: np.ndarray
+    jpegs: dict  # name -> (blob uint8, offsets int64)
+
+    def __len__(self):
+        return len(self.time)
+
+    def image(self, name: str, i: int) -> np.ndarray | None:
+        """Decode frame i of blob `name` (faces, swaps, eyes, mouth) as RGB uint8; None when absent."""
+        blob, offsets = self.jpegs[name]
+        if offsets[i + 1] == offsets[i]:
+            return None
+        return decode_jpeg(jpeg_at(blob, offsets, i))
+
+    def has_swap(self) -> np.ndarray:
+        offsets = self.jpegs["swaps"][1]
+        return offsets[1:] > offsets[:-1]
+
+    def to_wds(self) -> dict:
+        out = {"__key__": self.key, META: json.dumps(self.meta).encode(),
+               TIME: encode_npy(self.time), SOURCE_FRAME: encode_npy(self.source_frame),
+               LANDMARKS: encode_npy(self.landmarks), BOXES: encode_npy(self.boxes),
+               REGION: encode_npy(self.region)}
+        for name in JPEG_BLOBS:
+            blob, offsets = self.jpegs[name]
+            out[f"{name}.jpgs"] = blob.tobytes()
+            out[f"{name}.idx.npy"] = encode_npy(offsets)
+        return out
+
+    @classmethod
+    def from_wds(cls, sample: dict) -> "ClipSample":
+        """Parse a raw WebDataset sample (bytes per extension). Raises SchemaError on a foreign sample."""
+        try:
+            meta = json.loads(sample[META])
+        except (KeyError, ValueError) as e:
+            raise SchemaError(f"sample {sample.get('__key__')!r}: no readable {META} ({e})") from None
+        if meta.get("schema") != SCHEMA_VERSION:
+            raise SchemaError(f"sample {sample.get('__key__')!r} has schema {meta.get('schema')}, "
+                              f"this code reads {SCHEMA_VERSION}: rebuild the shards with `make shards`")
+        jpegs = {n: (np.frombuffer(sample[f"{n}.jpgs"], np.uint8), decode_npy(sample[f"{n}.idx.npy"]))
+                 for n in JPEG_BLOBS}
+        return cls(key=sample["__key__"], meta=meta, time=decode_npy(sample[TIME]),
+                   source_frame=decode_npy(sample[SOURCE_FRAME]), landmarks=decode_npy(sample[LANDMARKS]),
+                   boxes=decode_npy(sample[BOXES]), region=decode_npy(sample[REGION]), jpegs=jpegs)
+
+
+def read_manifest(shards_dir: str | Path):
+    """The manifest as a pyarrow Table, after checking the folder is usable shards of this schema."""
+    import pyarrow.parquet as pq
+
+    shards_dir = Path(shards_dir)
+    path = shards_dir / MANIFEST
+    if not shards_dir.is_dir():
+        raise SchemaError(f"{shards_dir}: no such folder (build shards with `make shards`)")
+    if not path.is_file():
+        raise SchemaError(f"{shards_dir}: no {MANIFEST} (not built, still building, or a split run "
+                          f"not merged: `make shards-merge`)")
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises several types for a damaged file
+        raise SchemaError(f"{path}: unreadable ({e})") from None
+    meta = table.schema.metadata or {}
+    version = int(meta.get(b"schema_version", b"-1"))
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{path}: schema version {version}, this code reads {SCHEMA_VERSION}; "
+                          f"rebuild with `make shards`")
+    if table.num_rows == 0:
+        raise SchemaError(f"{path}: no frames (every clip was rejected; see {REJECTS})")
+    return table
+
+
+def shard_paths(shards_dir: str | Path, manifest=None) -> list[Path]:
+    """Shard files listed in the manifest, in order."""
+    table = manifest if manifest is not None else read_manifest(shards_dir)
+    names = sorted(set(table.column("shard").to_pylist()))
+    return [Path(shards_dir) / n for n in names]

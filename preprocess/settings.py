@@ -1,0 +1,52 @@
+"""`make shards` options. Each option names the pipeline step whose cached output it changes."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from preprocess.config import option
+
+# Pipeline steps, in order. A step's cache key hashes its inputs and the options tagged with it.
+STEPS = ("faces", "region", "faceswap", "pack")
+
+
+@dataclass
+class ShardsConfig:
+    layout: str = option("auto", "input layout: auto | videos (<speaker>/<video>/<clip>.mp4) | frames "
+                                 "(VoxCeleb1 unzippedIntervalFaces/data/<Name>/1.6/<ytid>/<clip>/*.jpg) | "
+                                 "csv (a CSV file path,speaker[,video])")
+    meta_csv: str = option("", "frames layout: vox1_meta.csv mapping names to speaker ids (default: looked "
+                               "for in DATA and its parents; without it the folder name is the speaker)")
+    frames_fps: float = option(25.0, "frames layout: frame rate of the frame numbers in the file names", "faces")
+    sample_fps: float = option(25 / 6, "frames sampled per second of video (25/6 = VoxCeleb1's face-frame rate); "
+                                       "accepts a fraction like 25/6", "faces")
+    max_side: int = option(640, "decoded frames are scaled down so the longer side is at most this", "faces")
+    max_faces: int = option(4, "faces the landmark detector looks for per frame (the tracked one, else the "
+                               "largest, is kept)", "faces")
+    min_face_px: float = option(16.0, "frames whose face has an inter-ocular distance below this many decoded "
+                                      "pixels are dropped", "faces")
+    min_detection_confidence: float = option(0.5, "mediapipe face detection confidence threshold", "faces")
+    face_size: int = option(128, "side of the aligned RGB face crop (the paper resizes to 128, crops 112)", "faces")
+    region_size: int = option(64, "side of the square-padded eye and mouth crops", "faces")
+    jpeg_quality: int = option(95, "JPEG quality of stored faces, crops and composites", "faces")
+    region_descriptor: str = option("resnet18", "MaskFN region descriptor: resnet18 (frozen ImageNet ResNet18, "
+                                                "eyes||mouth = 1024-d) | landmarks (eye and mouth landmark "
+                                                "geometry, needs no weights)", "region")
+    region_weights: str = option("", "ResNet18 weights file; empty = torchvision's cache; 'random' = random "
+                                     "init (tests only)", "region")
+    region_batch_size: int = option(256, "crops per forward pass of the region encoder")
+    device: str = option("auto", "where region embeddings run: auto | cpu | cuda")
+    faceswap: bool = option(True, "precompute FaceSwap composites", "faceswap")
+    swap_seed: int = option(0, "seed of the donor choice", "faceswap")
+    swap_tries: int = option(3, "donor frames tried per frame before the composite is skipped", "faceswap")
+    swap_max_misfit: float = option(0.08, "skip a donor whose landmarks differ from the face's by more than "
+                                          "this RMS, in inter-ocular distances, after alignment", "faceswap")
+    swap_feather: float = option(0.12, "mask feathering, in inter-ocular distances", "faceswap")
+    swap_colour_blur: float = option(0.6, "colour correction blur, in inter-ocular distances", "faceswap")
+    shard_max_mb: float = option(256.0, "a shard is closed once it holds this many MB", "pack")
+    pack_seed: int = option(0, "seed of the order clips are spread over shards", "pack")
+    workers: int = option(os.cpu_count() or 1, "clips processed in parallel (processes)")
+    part: str = option("0/1", "process the deterministic part i of n of the corpus (i/n, 0-based) into "
+                              "SHARDS/parts/i-of-n; `make shards-merge` joins the parts")
+    max_clips: int = option(0, "process at most this many clips (0 = all)")
+    cache_dir: str = option("", "step cache folder (default SHARDS/.cache)")
