@@ -43,7 +43,7 @@ class DecodeReport:
 
 def _check_file(path: Path) -> None:
     if not path.exists():
-        raise DecodeError("file not found")
+        raise DecodeError("file not found (a broken link?)" if path.is_symlink() else "file not found")
     if not os.access(path, os.R_OK):
         raise DecodeError("unreadable file (permission denied)")
     if path.is_file() and path.stat().st_size == 0:
@@ -56,8 +56,9 @@ def probe(path: Path) -> dict:
     try:
         info = ffmpeg.probe(str(path))
     except ffmpeg.Error as e:
-        lines = [ln for ln in e.stderr.decode(errors="replace").splitlines() if ln.strip()]
-        raise DecodeError(f"not a readable video ({lines[-1].strip() if lines else 'ffprobe failed'})") from None
+        lines = [ln.replace(f"{path}: ", "").strip() for ln in e.stderr.decode(errors="replace").splitlines()]
+        lines = list(dict.fromkeys(re.sub(r"^\[.*?\] ", "", ln) for ln in lines if ln))
+        raise DecodeError(f"not a readable video ({'; '.join(lines[-2:]) or 'ffprobe failed'})") from None
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
     if not streams:
         raise DecodeError("no video stream")

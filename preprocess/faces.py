@@ -74,7 +74,8 @@ def run_faces(clip: Clip, cfg: ShardsConfig) -> tuple[dict, dict]:
         rejects.append(reject(clip, "faces", report.warning))
     n = len(kept["time"])
     if n == 0 and sampled > 0:
-        rejects.append(reject(clip, "faces", f"no usable face in any of the {sampled} sampled frames"))
+        why = ", ".join(f"{r}: {k}" for r, k in sorted(drops.items(), key=lambda x: -x[1]))
+        rejects.append(reject(clip, "faces", f"no usable face in any of the {sampled} sampled frames ({why})"))
     arrays = {
         "time": np.array(kept["time"], np.float64),
         "source_frame": np.array(kept["source_frame"], np.int32),

@@ -124,8 +124,6 @@ def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict)
         from preprocess.regions import ResNet18Regions
 
         encoder = ResNet18Regions(cfg.region_weights, cfg.device)
-    elif cfg.region_descriptor != "landmarks":
-        raise ValueError(f"region_descriptor={cfg.region_descriptor!r}: expected resnet18 or landmarks")
     from preprocess.regions import landmark_descriptor
 
     done = 0
@@ -161,6 +159,12 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     timings: dict[str, float] = {}
     work: dict[str, int] = {}
 
+    if cfg.region_descriptor == "resnet18":
+        from preprocess.regions import resnet18_weights
+
+        resnet18_weights(cfg.region_weights)  # fail now, not after hours of decoding
+    elif cfg.region_descriptor != "landmarks":
+        raise ValueError(f"region_descriptor={cfg.region_descriptor!r}: expected resnet18 or landmarks")
     t = time.perf_counter()
     all_clips, discover_rejects = find_clips(data, cfg.layout, cfg.meta_csv)
     clips = select_part(all_clips, cfg.part)

@@ -29,29 +29,35 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def imagenet_resnet18(weights: str = ""):
-    """torchvision ResNet18 without its classifier (512-d pooled features), in eval mode.
+def resnet18_weights(weights: str = "") -> Path | None:
+    """The ImageNet ResNet18 weights file to load (None for 'random'); WeightsMissing when absent.
     weights: '' = torchvision's cache (never downloads), a file path, or 'random' (tests only)."""
     import torch
     import torchvision
 
+    if weights == "random":
+        return None
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise WeightsMissing(
+            f"ImageNet ResNet18 weights not found at {path}. Download {url} on a machine with internet "
+            f"and put it there (or pass region_weights=<file>), or use region_descriptor=landmarks, "
+            f"which needs no weights.")
+    return path
+
+
+def imagenet_resnet18(weights: str = ""):
+    """torchvision ResNet18 without its classifier (512-d pooled features), frozen, in eval mode."""
+    import torch
+    import torchvision
+
     model = torchvision.models.resnet18()
-    if weights != "random":
-        if weights:
-            path = Path(weights)
-        else:
-            url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-            path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
-        if not path.is_file():
-            url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
-            raise WeightsMissing(
-                f"ImageNet ResNet18 weights not found at {path}. Download {url} on a machine with internet "
-                f"and put it there (or pass region_weights=<file>), or use region_descriptor=landmarks, "
-                f"which needs no weights.")
+    path = resnet18_weights(weights)
+    if path is not None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
-        except Exception as e:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # torch raises several types for a file that is not a state dict
             raise WeightsMissing(f"{path}: not a ResNet18 state dict ({str(e).splitlines()[0]})") from None
     model.fc = torch.nn.Identity()
     return model.eval().requires_grad_(False)

@@ -1,0 +1,256 @@
+"""The batch stage end to end on clips the tests make: outputs, reruns, resume, parts, bad input."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+
+from preprocess import synthetic
+from preprocess.schema import MANIFEST, REJECTS, ClipSample, decode_npy, read_manifest, shard_paths
+from tests.conftest import SHARED, build
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_samples(shards: Path) -> list[ClipSample]:
+    urls = [str(p) for p in shard_paths(shards)]
+    return [ClipSample.from_wds(s) for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)]
+
+
+@pytest.fixture(scope="module")
+def built(good_corpus, tmp_path_factory):
+    shards = tmp_path_factory.mktemp("shards")
+    summary = build(good_corpus, shards)
+    return shards, summary
+
+
+def test_build_writes_shards_manifest_and_summary(built):
+    shards, summary = built
+    assert summary["clips"] == 4 and summary["clips_failed"] == 0
+    manifest = read_manifest(shards).to_pylist()
+    samples = read_samples(shards)
+    assert sorted(s.key for s in samples) == sorted({r["key"] for r in manifest})
+    assert len(manifest) == sum(len(s) for s in samples) == summary["frames_kept"]
+    by_key = {s.key: s for s in samples}
+    for row in manifest:
+        s = by_key[row["key"]]
+        assert s.meta["speaker"] == row["speaker"]
+        assert s.time[row["frame"]] == pytest.approx(row["timestamp"])
+    for s in samples:
+        assert np.all(np.diff(s.time) > 0)
+        assert s.region.shape == (len(s), 1024) and s.region.dtype == np.float16
+        assert s.landmarks.shape == (len(s), 478, 2) and s.landmarks.dtype == np.float16
+        face = s.image("faces", 0)
+        assert face.shape == (128, 128, 3)
+        assert s.image("eyes", 0).shape == s.image("mouth", 0).shape == (64, 64, 3)
+        # landmarks and boxes are in crop pixels: the eyes sit inside the eye box, inside the crop
+        eyes_box, mouth_box = s.boxes[0].astype(np.float32)
+        assert 0 < eyes_box[0] < eyes_box[2] < 128 and eyes_box[3] < mouth_box[1] < mouth_box[3] < 128
+    # FaceSwap donors are frames of other speakers, named by key/frame
+    speakers = {s.key: s.meta["speaker"] for s in samples}
+    donors = [(s, d) for s in samples for d in s.meta["donors"] if d]
+    assert donors and all(speakers[d.rsplit("/", 1)[0]] != s.meta["speaker"] for s, d in donors)
+    assert summary["composites"] == sum(int(s.has_swap().sum()) for s in samples)
+
+
+def test_timestamps_follow_the_sampling_grid_of_the_stream(built):
+    shards, _ = built
+    rows = [r for r in read_manifest(shards).to_pylist() if "espaces" in r["source"]]
+    times = np.array(sorted(r["timestamp"] for r in rows))  # 30 fps source, 4 s
+    assert len(times) == 17  # grid points 0, 0.24, ... 3.84
+    np.testing.assert_allclose(times, np.ceil(np.arange(17) * 6 / 25 * 30 - 1e-6) / 30, atol=1e-3)
+
+
+def test_no_pickle_in_shards(built):
+    shards, _ = built
+    allowed = {"meta.json", "time.npy", "frame.npy", "landmarks.npy", "boxes.npy", "region.npy"} | \
+        {f"{n}.{e}" for n in ("faces", "swaps", "eyes", "mouth") for e in ("jpgs", "idx.npy")}
+    for path in shard_paths(shards):
+        with tarfile.open(path) as tar:
+            for member in tar.getmembers():
+                ext = member.name.split(".", 1)[1]
+                assert ext in allowed
+                if ext.endswith(".npy"):
+                    decode_npy(tar.extractfile(member).read())  # allow_pickle=False: raises on pickled arrays
+
+
+def test_rerun_with_nothing_changed_does_no_work(built, good_corpus):
+    shards, _ = built
+    before = {p: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    summary = build(good_corpus, shards)
+    assert summary["work_done"] == {"faces": 0, "region": 0, "faceswap": 0, "pack": 0}
+    assert before == {p: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+
+
+def test_faceswap_change_reruns_only_faceswap_and_pack(good_corpus, tmp_path):
+    shards = tmp_path / "s"
+    build(good_corpus, shards)
+    summary = build(good_corpus, shards, "swap_seed=7")
+    assert summary["work_done"] == {"faces": 0, "region": 0, "faceswap": 4, "pack": 1}
+    read_manifest(shards)
+
+
+def test_adding_clips_processes_only_the_new_ones(good_corpus, tmp_path, photos):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(good_corpus, corpus)
+    shards = tmp_path / "s"
+    build(corpus, shards)
+    synthetic.make_clip(corpus / "id00009" / "new" / "00001.mp4", photos["hopper"], seed=42, hue_shift=60)
+    summary = build(corpus, shards)
+    assert summary["work_done"]["faces"] == 1 and summary["work_done"]["pack"] == 1
+    samples = read_samples(shards)
+    new = [s for s in samples if s.meta["speaker"] == "id00009"]
+    assert len(new) == 1 and summary["work_done"]["region"] == len(new[0])
+    # FaceSwap reruns for the new clip and for the clips whose donor list now holds it (rendezvous hashing)
+    from preprocess import faceswap as fs
+
+    speakers = {s.key: s.meta["speaker"] for s in samples}
+    gained = [k for k in speakers if k != new[0].key and new[0].key in
+              fs.choose_donor_clips(k, speakers[k], speakers, 0, 3)]
+    assert summary["work_done"]["faceswap"] == 1 + len(gained)
+
+
+def test_killed_run_resumes_without_duplicates_or_losses(good_corpus, tmp_path, built):
+    reference, _ = built
+    shards = tmp_path / "s"
+    cmd = [sys.executable, "-m", "preprocess", "build", str(good_corpus), str(shards), "workers=1",
+           "region_weights=random"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((shards / ".cache" / "faces").glob("*.npz")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-way through the faces step
+    proc.wait()
+    assert not (shards / MANIFEST).exists()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((shards / "summary.json").read_text())
+    assert 0 < summary["work_done"]["faces"] < 4  # finished only what the killed run had not
+    rows = read_manifest(shards).to_pylist()
+    ref = read_manifest(reference).to_pylist()
+    strip = lambda rs: sorted((r["key"], r["frame"], r["timestamp"], r["swap_donor"]) for r in rs)
+    assert strip(rows) == strip(ref)
+    assert not list(shards.rglob("*.tmp"))
+
+
+def test_parts_then_merge_equal_a_single_run(good_corpus, tmp_path, built):
+    reference, _ = built
+    shards = tmp_path / "s"
+    for i in range(2):
+        build(good_corpus, shards, f"part={i}/2", "faceswap=false")
+    from preprocess.pack import merge_parts
+
+    merge_parts(shards)
+    rows = read_manifest(shards).to_pylist()
+    ref = read_manifest(reference).to_pylist()
+    assert sorted((r["key"], r["frame"]) for r in rows) == sorted((r["key"], r["frame"]) for r in ref)
+    assert sum(len(s) for s in read_samples(shards)) == len(rows)
+
+
+def test_landmark_descriptor_needs_no_weights(good_corpus, tmp_path):
+    summary = build(good_corpus, tmp_path / "s", "region_descriptor=landmarks", "faceswap=false", "max_clips=1")
+    s = read_samples(tmp_path / "s")[0]
+    assert s.region.shape == (len(s), 144) and np.isfinite(s.region.astype(np.float32)).all()
+    assert summary["composites"] == 0
+
+
+def test_missing_imagenet_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    from preprocess.regions import WeightsMissing, imagenet_resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(WeightsMissing, match="Download https://download.pytorch.org/models/resnet18"):
+        imagenet_resnet18("")
+    bad = tmp_path / "w.pth"
+    bad.write_text("junk")
+    with pytest.raises(WeightsMissing, match="not a ResNet18 state dict"):
+        imagenet_resnet18(str(bad))
+
+
+def test_imagenet_weights_load_from_a_file(tmp_path):
+    import torch
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    from preprocess.regions import imagenet_resnet18
+
+    assert imagenet_resnet18(str(path))(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+
+
+def test_bad_inputs_are_logged_and_the_run_continues(bad_corpus, tmp_path):
+    from preprocess.__main__ import EXIT_SOME_FAILED, main
+
+    shards = tmp_path / "s"
+    code = main(["build", str(bad_corpus), str(shards), "workers=2", "region_weights=random"])
+    summary = json.loads((shards / "summary.json").read_text())
+    rejects = pq.read_table(shards / REJECTS).to_pylist()
+    reasons = {Path(r["source"]).name: r["reason"] for r in rejects if r["frame"] == -1}
+    assert code == EXIT_SOME_FAILED
+    assert reasons["empty.mp4"] == "empty file (0 bytes)"
+    assert reasons["text.mp4"].startswith("not a readable video")
+    assert reasons["truncated_no_index.mp4"].startswith("not a readable video")
+    assert "kept" in reasons["truncated_playable.mp4"]  # decoded up to the damage
+    assert reasons["no_face.mp4"].startswith("no usable face")
+    assert reasons["dangling.mp4"].startswith("file not found")
+    frame_reasons = {r["reason"].split(" (")[0] for r in rejects if Path(r["source"]).name == "tiny_face.mp4"}
+    assert frame_reasons & {"face too small", "no face found"}
+    failed = {Path(f["source"]).name for f in summary["failed"]}
+    expected_failed = {"empty.mp4", "text.mp4", "truncated_no_index.mp4", "no_face.mp4", "dangling.mp4",
+                       "tiny_face.mp4"} | ({"unreadable.mp4"} if os.geteuid() != 0 else set())
+    assert failed == expected_failed and summary["clips_failed"] == len(expected_failed)
+    rows = read_manifest(shards).to_pylist()
+    kept = {Path(r["source"]).name for r in rows}
+    assert {"good.mp4", "truncated_playable.mp4", "two_faces.mp4", "rotated.mp4", "portrait.mp4"} <= kept
+    assert max(r["n_faces"] for r in rows if r["source"].endswith("two_faces.mp4")) >= 2
+    # a second run does not retry the failures
+    again = build(bad_corpus, shards, workers=2)
+    assert again["work_done"]["faces"] == 0 and again["clips_failed"] == len(expected_failed)
+
+
+def test_frames_layout_orders_by_frame_number_and_maps_speaker_ids(tmp_path, photos):
+    import cv2
+
+    clip_dir = tmp_path / "unzippedIntervalFaces" / "data" / "A.J._Buckley" / "1.6" / "1zcIwhmdeo4" / "1"
+    clip_dir.mkdir(parents=True)
+    frames = list(synthetic.render_frames(photos["astronaut"], 12, (224, 224), 3))
+    numbers = [375 + 6 * i for i in range(12)]
+    for i in np.random.default_rng(0).permutation(12):  # written out of order
+        cv2.imwrite(str(clip_dir / f"{numbers[i]:07d}.jpg"), cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+    (tmp_path / "vox1_meta.csv").write_text("VoxCeleb1 ID\tVGGFace1 ID\tGender\tNationality\tSet\n"
+                                            "id10001\tA.J._Buckley\tm\tIreland\tdev\n")
+    build(tmp_path / "unzippedIntervalFaces", tmp_path / "s", "faceswap=false")
+    rows = read_manifest(tmp_path / "s").to_pylist()
+    assert {r["speaker"] for r in rows} == {"id10001"}
+    assert [r["source_frame"] for r in rows] == sorted(r["source_frame"] for r in rows)
+    np.testing.assert_allclose([r["timestamp"] for r in rows], [r["source_frame"] / 25 for r in rows])
+    assert len(rows) >= 10
+
+
+def test_csv_layout(tmp_path, good_corpus):
+    videos = sorted(good_corpus.rglob("*.mp4"))[:2]
+    (tmp_path / "list.csv").write_text("path,speaker\n" + "".join(f"{p},person{i}\n" for i, p in enumerate(videos)))
+    build(tmp_path / "list.csv", tmp_path / "s")
+    assert {r["speaker"] for r in read_manifest(tmp_path / "s").to_pylist()} == {"person0", "person1"}
+
+
+@pytest.mark.skipif(not (SHARED / "talking-faces").is_dir(), reason="../shared/data not present")
+def test_real_talking_faces(tmp_path):
+    corpus = tmp_path / "corpus"
+    clips = sorted((SHARED / "talking-faces").glob("*/*/*.mp4"))
+    for p in [clips[0], clips[5], clips[-1]]:
+        dst = corpus / p.relative_to(SHARED / "talking-faces")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(p)
+    summary = build(corpus, tmp_path / "s", "workers=2")
+    assert summary["clips_failed"] == 0
+    assert summary["frames_kept"] >= 0.9 * summary["frames_sampled"]
+    assert summary["composites"] > 0.5 * summary["frames_kept"]

@@ -1,0 +1,101 @@
+"""Units of the batch stage: config, geometry, grid sampling, schema round trip."""
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from preprocess import face_geometry as geo
+from preprocess.config import ConfigError, load_config, step_options, to_toml
+from preprocess.decode import grid_select
+from preprocess.schema import ClipSample, join_jpegs, encode_jpeg
+from preprocess.settings import STEPS, ShardsConfig
+
+
+def test_config_file_then_overrides(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('workers = 3\n[faceswap]\nswap_seed = 5\n')
+    cfg = load_config(ShardsConfig, f, ["sample_fps=25/6", "faceswap=false", "swap_seed=9"])
+    assert cfg.workers == 3 and cfg.swap_seed == 9 and cfg.faceswap is False
+    assert math.isclose(cfg.sample_fps, 25 / 6)
+    again = tmp_path / "resolved.toml"
+    again.write_text(to_toml(cfg))
+    assert load_config(ShardsConfig, again) == cfg
+
+
+@pytest.mark.parametrize("override, message", [("nosuch=1", "unknown option"), ("workers=two", "expected int"),
+                                                ("faceswap=maybe", "expected bool"), ("workers", "key=value")])
+def test_config_errors_are_one_line(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(ShardsConfig, None, [override])
+
+
+def test_every_cached_option_names_a_known_step():
+    steps = {f.metadata["step"] for f in dataclasses.fields(ShardsConfig)} - {None}
+    assert steps <= set(STEPS)
+    assert "swap_seed" in step_options(ShardsConfig(), "faceswap")
+    assert "swap_seed" not in step_options(ShardsConfig(), "faces")
+
+
+def test_similarity_recovers_a_known_transform():
+    rng = np.random.default_rng(0)
+    src = rng.uniform(0, 100, (20, 2))
+    angle, scale, shift = 0.3, 1.7, np.array([12.0, -4.0])
+    rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+    dst = src @ (scale * rot).T + shift
+    m = geo.similarity(src, dst)
+    np.testing.assert_allclose(m[:, :2], scale * rot, atol=1e-9)
+    np.testing.assert_allclose(m[:, 2], shift, atol=1e-7)
+
+
+def test_alignment_maps_the_five_points_onto_the_template():
+    lm = np.zeros((geo.N_LANDMARKS, 2))
+    template = geo.TEMPLATE_UNIT * 300 + 40  # a face at another scale and place
+    for idx, p in zip([geo.RIGHT_EYE, geo.LEFT_EYE, [geo.NOSE_TIP], geo.MOUTH_CORNERS[:1],
+                       geo.MOUTH_CORNERS[1:]], template):
+        lm[idx] = p
+    m = geo.alignment_matrix(lm, 128)
+    np.testing.assert_allclose(geo.apply(m, geo.five_points(lm)), geo.TEMPLATE_UNIT * 128, atol=1e-6)
+
+
+def test_landmark_groups_match_mediapipe():
+    conn = pytest.importorskip("mediapipe.python.solutions.face_mesh_connections")
+    idx = lambda s: sorted({i for e in s for i in e})
+    assert geo.RIGHT_EYE == idx(conn.FACEMESH_RIGHT_EYE)
+    assert geo.LEFT_EYE == idx(conn.FACEMESH_LEFT_EYE)
+    assert geo.LIPS == idx(conn.FACEMESH_LIPS)
+    assert geo.NOSE == idx(conn.FACEMESH_NOSE)
+    assert geo.RIGHT_BROW == idx(conn.FACEMESH_RIGHT_EYEBROW)
+
+
+@pytest.mark.parametrize("src_fps", [10, 24, 25, 29.97, 30, 60])
+def test_grid_select_keeps_first_frame_of_each_sampling_interval(src_fps):
+    rate = 25 / 6
+    times = [i / src_fps for i in range(int(src_fps * 10))]
+    chosen = [times[i] for i in grid_select(times, rate)]
+    # one frame per grid cell [k/rate, (k+1)/rate) that holds any frame, and it is the cell's first frame
+    cells = [math.floor(t * rate + 1e-9) for t in times]
+    assert len(chosen) == len(set(cells))
+    for t in chosen:
+        k = math.floor(t * rate + 1e-9)
+        assert t >= k / rate - 1e-9 and t - k / rate < 1 / src_fps + 1e-9
+    gaps = np.diff(chosen)
+    assert abs(np.mean(gaps) - 1 / rate) < 1 / src_fps
+
+
+def test_clip_sample_round_trip():
+    n = 3
+    faces = [encode_jpeg(np.full((8, 8, 3), 30 * i, np.uint8), 95) for i in range(n)]
+    swaps = [faces[0], b"", faces[2]]
+    jpegs = {"faces": join_jpegs(faces), "eyes": join_jpegs(faces), "mouth": join_jpegs(faces),
+             "swaps": join_jpegs(swaps)}
+    s = ClipSample("k-1", {"schema": 1, "speaker": "a"}, np.arange(n, dtype=np.float64) / 4,
+                   np.arange(n, dtype=np.int32), np.zeros((n, 478, 2), np.float16), np.zeros((n, 2, 4), np.float16),
+                   np.ones((n, 4), np.float16), jpegs)
+    raw = s.to_wds()
+    assert all(isinstance(v, bytes) for k, v in raw.items() if k != "__key__")
+    back = ClipSample.from_wds(raw)
+    assert back.has_swap().tolist() == [True, False, True]
+    assert back.image("swaps", 1) is None
+    assert abs(int(back.image("faces", 2).mean()) - 60) <= 2
+    np.testing.assert_array_equal(back.time, s.time)
