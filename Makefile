@@ -10,9 +10,10 @@ SHARDS ?= shards
 CONFIG ?=
 ARGS ?=
 
-.PHONY: help setup shards shards-merge test bench-shards clean-shards
+.PHONY: help setup demo shards shards-merge test bench-shards
 
 help:
+	@echo "make demo                       the pipeline on a synthetic corpus it makes (runs the batch stage for now)"
 	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
@@ -32,6 +33,11 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
+DEMO := build/demo
+demo: setup
+	@[ -n "$(DATA)" ] || [ -d $(DEMO)/corpus ] || $(PY) -m preprocess.synthetic $(DEMO)/corpus
+	$(PY) -m preprocess build "$(if $(DATA),$(DATA),$(DEMO)/corpus)" $(DEMO)/shards region_descriptor=landmarks $(ARGS)
+
 shards: setup
 	@if [ -z "$(DATA)" ]; then echo "usage: make shards DATA=<corpus folder or CSV> [SHARDS=<out>]"; exit 2; fi
 	$(PY) -m preprocess build "$(DATA)" "$(SHARDS)" $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
@@ -42,5 +48,10 @@ shards-merge: setup
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-bench-shards: setup
+bench-DEMO := build/demo
+demo: setup
+	@[ -n "$(DATA)" ] || [ -d $(DEMO)/corpus ] || $(PY) -m preprocess.synthetic $(DEMO)/corpus
+	$(PY) -m preprocess build "$(if $(DATA),$(DATA),$(DEMO)/corpus)" $(DEMO)/shards region_descriptor=landmarks $(ARGS)
+
+shards: setup
 	$(PY) bench/bench_shards.py $(ARGS)

@@ -41,9 +41,9 @@ class FaceTracker:
     def __init__(self, max_faces: int, min_face_px: float, min_detection_confidence: float):
         os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logging: warnings and up only
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        import mediapipe as mp
-
         with quiet_stderr():
+            import mediapipe as mp
+
             self.mesh = mp.solutions.face_mesh.FaceMesh(
                 static_image_mode=False, max_num_faces=max_faces, refine_landmarks=True,
                 min_detection_confidence=min_detection_confidence, min_tracking_confidence=0.5)

@@ -38,7 +38,7 @@ class ShardsConfig:
     device: str = option("auto", "where region embeddings run: auto | cpu | cuda")
     faceswap: bool = option(True, "precompute FaceSwap composites", "faceswap")
     swap_seed: int = option(0, "seed of the donor choice", "faceswap")
-    swap_tries: int = option(3, "donor frames tried per frame before the composite is skipped", "faceswap")
+    swap_tries: int = option(5, "donor frames tried per frame before the composite is skipped", "faceswap")
     swap_max_misfit: float = option(0.08, "skip a donor whose landmarks differ from the face's by more than "
                                           "this RMS, in inter-ocular distances, after alignment", "faceswap")
     swap_feather: float = option(0.12, "mask feathering, in inter-ocular distances", "faceswap")

@@ -115,7 +115,7 @@ def test_adding_clips_processes_only_the_new_ones(good_corpus, tmp_path, photos)
 
     speakers = {s.key: s.meta["speaker"] for s in samples}
     gained = [k for k in speakers if k != new[0].key and new[0].key in
-              fs.choose_donor_clips(k, speakers[k], speakers, 0, 3)]
+              fs.choose_donor_clips(k, speakers[k], speakers, 0, 5)]
     assert summary["work_done"]["faceswap"] == 1 + len(gained)
 
 

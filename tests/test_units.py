@@ -99,3 +99,10 @@ def test_clip_sample_round_trip():
     assert back.image("swaps", 1) is None
     assert abs(int(back.image("faces", 2).mean()) - 60) <= 2
     np.testing.assert_array_equal(back.time, s.time)
+
+
+def test_shipped_config_file_matches_the_defaults():
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "shards.toml"
+    assert load_config(ShardsConfig, path) == ShardsConfig()
