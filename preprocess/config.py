@@ -50,11 +50,12 @@ def _coerce(kind, value, name: str):
     return value
 
 
-def load_config(cls, path: str | Path | None = None, overrides: typing.Sequence[str] = ()):
-    """Build `cls` from defaults, then the TOML file at `path`, then `key=value` overrides (later wins)."""
+def load_config(cls, paths=None, overrides: typing.Sequence[str] = ()):
+    """Build `cls` from defaults, then the TOML file(s) at `paths` in order, then `key=value` overrides (later
+    wins). Sections in a file only group options: `[faceswap] swap_seed = 1` is `swap_seed = 1`."""
     hints = typing.get_type_hints(cls)
     values: dict = {}
-    if path:
+    for path in [paths] if isinstance(paths, (str, Path)) else (paths or []):
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")

@@ -1,0 +1,80 @@
+"""Losses as pure functions of embeddings and index tensors (no model, no distributed code).
+
+Views are rows of z. `positive[a]` is the index of view a's positive view. `false_neg[a]` holds the indices of
+view a's MaskFN extra positives (-1 = none)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def false_negatives(descriptors: torch.Tensor, positive: torch.Tensor, speaker: torch.Tensor,
+                    k: int) -> torch.Tensor:
+    """MaskFN: per view, the k views whose region descriptors are most cosine-similar, leaving out the view
+    itself, its positive and every view of the same speaker (hard negatives included). [V, k], -1 where fewer
+    than k candidates exist."""
+    d = F.normalize(descriptors.float(), dim=1)
+    sim = d @ d.T
+    v = len(d)
+    banned = speaker[:, None] == speaker[None, :]
+    banned |= torch.eye(v, dtype=torch.bool, device=d.device)
+    banned[torch.arange(v, device=d.device), positive] = True
+    sim = sim.masked_fill(banned, float("-inf"))
+    k = min(k, v)
+    values, idx = sim.topk(k, dim=1)
+    return idx.masked_fill(torch.isinf(values), -1)
+
+
+def info_nce(z: torch.Tensor, positive: torch.Tensor, temperature: float,
+             false_neg: torch.Tensor | None = None, fn_weight: float = 0.5,
+             positive_in_denominator: bool = False) -> dict[str, torch.Tensor]:
+    """InfoNCE over all views, with MaskFN terms (paper Eq. 1-2).
+
+    For view a with positive p and false negatives F(a), the negatives N(a) are all views but a, p and F(a);
+    L1_a = -log(e^{s_ap} / D_a(p)), L2_a = mean_{l in F(a)} -log(e^{s_al} / D_a(l)), with
+    D_a(x) = sum_{k in N(a)} e^{s_ak} (paper), or that plus e^{s_ax} (positive_in_denominator: the SimCLR form of
+    the official code). s = cosine similarity / temperature. Returns loss = mean L1 + fn_weight * mean L2 (L2
+    over views that have a false negative), l1, l2 and the instance-discrimination top-1 (positive is the most
+    similar other view)."""
+    z = F.normalize(z.float(), dim=1)
+    v = len(z)
+    rows = torch.arange(v, device=z.device)
+    sim = z @ z.T / temperature
+    excluded = torch.eye(v, dtype=torch.bool, device=z.device)
+    excluded[rows, positive] = True
+    has_fn = torch.zeros(v, dtype=torch.bool, device=z.device)
+    if false_neg is not None and false_neg.numel():
+        valid = false_neg >= 0
+        r = rows[:, None].expand_as(false_neg)[valid]
+        excluded[r, false_neg[valid]] = True
+        has_fn = valid.any(1)
+    neg_lse = sim.masked_fill(excluded, float("-inf")).logsumexp(1)
+
+    def term(s_pos: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+        return -s_pos + (torch.logaddexp(lse, s_pos) if positive_in_denominator else lse)
+
+    l1 = term(sim[rows, positive], neg_lse).mean()
+    l2 = torch.zeros((), device=z.device)
+    if has_fn.any():
+        valid = false_neg >= 0
+        per = term(sim.gather(1, false_neg.clamp(min=0)), neg_lse[:, None].expand_as(false_neg))
+        per_view = (per * valid).sum(1) / valid.sum(1).clamp(min=1)
+        l2 = per_view[has_fn].mean()
+    with torch.no_grad():
+        top1 = (sim.masked_fill(torch.eye(v, dtype=torch.bool, device=z.device), float("-inf")).argmax(1)
+                == positive).float().mean()
+    return {"loss": l1 + fn_weight * l2, "l1": l1, "l2": l2, "top1": top1}
+
+
+def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> dict:
+    """MoCo: q against its key k (positive) and the queue of past keys (negatives)."""
+    q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue.T], 1) / temperature
+    labels = torch.zeros(len(q), dtype=torch.long, device=q.device)
+    loss = F.cross_entropy(logits, labels)
+    return {"loss": loss, "l1": loss.detach(), "top1": (logits.argmax(1) == 0).float().mean()}
+
+
+def byol_loss(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BYOL: 2 - 2 cos(prediction, target projection), averaged."""
+    return (2 - 2 * F.cosine_similarity(p.float(), target.float(), dim=1)).mean()

@@ -1,0 +1,80 @@
+"""`make pretrain` options and the presets (one per row of the paper's Table 1, plus `official`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from preprocess.config import option
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
+
+
+@dataclass
+class TrainConfig:
+    # method
+    method: str = option("simclr", "simclr (InfoNCE over 2N views; TimeAug/HardNeg/FaceSwap/MaskFN build on it) "
+                                   "| mocov2 | byol")
+    timeaug: bool = option(False, "TimeAug: the positive is another frame of the clip within time_max s")
+    time_max: float = option(1.0, "T1, seconds: TimeAug offsets are drawn from a decreasing (triangular) "
+                                  "distribution over [0, T1], either direction")
+    hardneg: bool = option(False, "HardNeg: add per anchor a frame of the same speaker at least hardneg_gap s "
+                                  "away as an extra instance")
+    hardneg_gap: float = option(3.0, "T2, seconds")
+    faceswap: bool = option(False, "FaceSwap: the positive is its precomputed composite with probability p_swap")
+    cutmix: bool = option(False, "CutMix of the centre patch instead of FaceSwap (Table 1 row c), with p_swap")
+    p_swap: float = option(0.5, "probability of FaceSwap (or CutMix) for each positive")
+    maskfn: bool = option(False, "MaskFN: the n_fn in-batch views with the most similar eye+mouth descriptors "
+                                 "(not itself, its positive or its speaker) become extra positives")
+    n_fn: int = option(1, "N_FN, false negatives per view")
+    fn_weight: float = option(0.5, "lambda: loss = L1 + lambda * L2 (paper 1/2, official code 0.8)")
+    temperature: float = option(0.07, "InfoNCE temperature tau")
+    positive_in_denominator: bool = option(False, "false: Eq. 1-2 of the paper (positives left out of the "
+                                                  "denominator); true: the SimCLR form of the official code")
+    # model and optimisation
+    arch: str = option("resnet50", "backbone: resnet50 | resnet18 (torchvision, from scratch)")
+    proj_hidden: int = option(2048, "projection MLP hidden width (feat -> hidden -> proj_dim)")
+    proj_dim: int = option(128, "projection output dimension")
+    optimizer: str = option("adam", "adam | sgd")
+    lr: float = option(3e-4, "learning rate")
+    weight_decay: float = option(1e-4, "weight decay")
+    momentum: float = option(0.9, "SGD momentum")
+    warm_epochs: float = option(10.0, "constant learning rate for this many epochs, then cosine annealing to 0 "
+                                      "at the end (stepped every iteration)")
+    epochs: int = option(100, "epochs (an epoch draws anchors_per_clip anchors from every clip)")
+    max_steps: int = option(0, "stop after this many steps (0 = epochs decide)")
+    batch_size: int = option(256, "anchors per step, over all ranks")
+    anchors_per_clip: int = option(1, "anchors drawn from each clip per epoch")
+    image_size: int = option(112, "input side: faces are resized to image_size*128/112, then randomly cropped")
+    moco_queue: int = option(65536, "MoCo-v2 queue length (rounded down to a multiple of the global batch)")
+    moco_momentum: float = option(0.999, "MoCo-v2 key encoder momentum")
+    byol_momentum: float = option(0.996, "BYOL target EMA momentum at the start (cosine-increased to 1)")
+    sync_bn: bool = option(False, "SyncBatchNorm across ranks")
+    compile: bool = option(False, "torch.compile the model")
+    # augmentation
+    p_landmark_mask: float = option(0.8, "probability of masking the eyes or the mouth (ellipse filled with the "
+                                         "image mean)")
+    p_colour: float = option(0.8, "probability of colour jitter (0.4, 0.4, 0.4, 0.2)")
+    p_blur: float = option(0.5, "probability of Gaussian blur")
+    p_gray: float = option(0.2, "probability of grayscale")
+    # run
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto | cpu | cuda")
+    workers: int = option(4, "data loader processes per rank (0 = in the main process)")
+    shuffle_clips: int = option(64, "clips held in each data worker's shuffle buffer")
+    log_every: int = option(1, "steps between log lines")
+    ckpt_minutes: float = option(10.0, "minutes between checkpoints of the last state")
+    resume: str = option("auto", "auto (continue RUN/checkpoints/last.pt when present) | never | <checkpoint>")
+    max_bad_steps: int = option(5, "stop after this many consecutive non-finite losses")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.toml"
+    if not path.is_file():
+        from preprocess.config import ConfigError
+
+        raise ConfigError(f"preset {name!r} not found; presets: {', '.join(preset_names())}")
+    return path
