@@ -1,0 +1,50 @@
+"""Command line of the trainer: `python -m train SHARDS RUN [--preset P] [--config F] [key=value ...]`
+(what `make pretrain` runs; also `torchrun --nproc_per_node=G -m train ...`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from preprocess.config import ConfigError, load_config, options_help
+from preprocess.schema import SchemaError
+from train.settings import TrainConfig, preset_names, preset_path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Contrastive pretraining on `make shards` output: SimCLR, MoCo-v2, BYOL and the paper's "
+                    "TimeAug / HardNeg / FaceSwap / MaskFN.",
+        epilog=f"presets: {', '.join(preset_names())} (configs/pretrain/<preset>.toml)\n\n"
+               "options (key=value after SHARDS RUN, or in a TOML file given with --config; the preset is "
+               "applied first, then the file, then key=value):\n" + options_help(TrainConfig))
+    parser.add_argument("shards", help="folder written by make shards")
+    parser.add_argument("run", help="run folder: log.jsonl, checkpoints/, backbone.pt, curves.png")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--preset", default="sslfer", help="one row of the paper's Table 1 (default sslfer)")
+    parser.add_argument("--config", help="TOML file of options")
+    args = parser.parse_intermixed_args(argv)
+
+    from train.pretrain import TrainingStopped, pretrain
+
+    try:
+        paths = [preset_path(args.preset)] + ([args.config] if args.config else [])
+        cfg = load_config(TrainConfig, paths, args.overrides)
+        s = pretrain(args.shards, args.run, cfg)
+    except (ConfigError, SchemaError, TrainingStopped, ValueError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if "top1" in s:
+        print(f"\n== make pretrain ({args.preset}) ==\nrun           {s['run']}\n"
+              f"steps         {s['steps']} ({s['epochs']} epochs x {s['steps_per_epoch']} steps, {s['clips']} clips, "
+              f"{s['shards']} shards, {s['world']} rank(s) on {s['device']})\n"
+              f"final         loss {s['loss']:.4f}, instance top-1 {s['top1']:.3f} (first step {s['top1_first']:.3f})\n"
+              f"anchors       {s['anchors']} ({s['swaps']} swapped positives, {s['hardneg_missing']} without a "
+              f"hard negative, {s['skipped_steps']} steps skipped)\n"
+              f"time          {s['seconds']:.0f} s\n"
+              f"outputs       {s['run']}/checkpoints/last.pt, {s['run']}/backbone.pt, {s['run']}/curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
