@@ -9,17 +9,23 @@ DATA ?=
 SHARDS ?= shards
 CONFIG ?=
 ARGS ?=
+RUN ?= runs/$(PRESET)
+PRESET ?= sslfer
 
-.PHONY: help setup demo shards shards-merge test bench-shards
+.PHONY: help setup demo shards shards-merge pretrain test bench-shards bench-train
 
 help:
 	@echo "make demo                       the pipeline on a synthetic corpus it makes (runs the batch stage for now)"
 	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
+	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
+	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
+	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
-	@echo "options of the batch stage:     $(PY) -m preprocess build --help"
+	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
+	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help"
 
 setup: $(STAMP)
 
@@ -45,6 +51,9 @@ shards: setup
 shards-merge: setup
 	$(PY) -m preprocess merge "$(SHARDS)"
 
+pretrain: setup
+	$(PY) -m train "$(SHARDS)" "$(RUN)" --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
+
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -55,3 +64,6 @@ demo: setup
 
 shards: setup
 	$(PY) bench/bench_shards.py $(ARGS)
+
+bench-train: setup
+	$(PY) bench/bench_train.py $(ARGS)

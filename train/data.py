@@ -57,8 +57,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     samples), cycling through them in a seeded order, with a shuffle buffer of clips."""
 
     def __init__(self, shards: list[Path], cfg: TrainConfig, rank: int, world: int, batches: int, epoch: int,
-                 local_anchors: int):
-        self.shards, self.cfg, self.rank, self.world = shards, cfg, rank, world
+                 local_anchors: int, n_clips: int):
+        self.shards, self.cfg, self.rank, self.world, self.n_clips = shards, cfg, rank, world, n_clips
         self.batches, self.epoch, self.local_anchors = batches, epoch, local_anchors
 
     def _reader_share(self):
@@ -69,20 +69,26 @@ class ShardStream(torch.utils.data.IterableDataset):
         return readers, reader, quota
 
     def samples(self, readers: int, reader: int, rng: np.random.Generator) -> Iterator[ClipSample]:
+        """This reader's clips, endlessly. With at least as many shards as readers, whole shards (in a seeded
+        order each pass); otherwise every reader reads all shards in a fixed order and keeps every k-th sample
+        (k = readers, or the number of clips when there are fewer clips than readers)."""
         by_shard = len(self.shards) >= readers
         mine = self.shards[reader::readers] if by_shard else list(self.shards)
+        share = min(readers, max(self.n_clips, 1))
         bad: set[Path] = set()
         while True:
             produced = False
-            for path in rng.permutation(len(mine)):
-                path = mine[path]
+            n = 0
+            for i in (rng.permutation(len(mine)) if by_shard else range(len(mine))):
+                path = mine[i]
                 if path in bad:
                     continue
                 try:
-                    for n, raw in enumerate(iter_tar_samples(path)):
-                        if by_shard or n % readers == reader:
+                    for raw in iter_tar_samples(path):
+                        if by_shard or n % share == reader % share:
                             produced = True
                             yield ClipSample.from_wds(raw)
+                        n += 1
                 except (tarfile.TarError, EOFError, OSError, SchemaError, KeyError, ValueError) as e:
                     bad.add(path)
                     self.bad_shards += 1

@@ -153,7 +153,8 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         remaining = min(steps_per_epoch - done_in_epoch, total_steps - step)
         if remaining <= 0:
             continue
-        stream = ShardStream(files, cfg, rank, world, remaining, epoch * 1_000_003 + step, local_anchors)
+        stream = ShardStream(files, cfg, rank, world, remaining, epoch * 1_000_003 + step, local_anchors,
+                             n_clips)
         loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda,
                                              persistent_workers=False)
         epoch_top1 = []

@@ -1,0 +1,268 @@
+"""The trainer: augmentations, streaming batches, DDP equivalence, presets, checkpoints, resume, faults."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from preprocess.config import load_config
+from preprocess.schema import SchemaError, shard_paths
+from tests.conftest import build
+from train import augment as aug
+from train.settings import TrainConfig, preset_names, preset_path
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["arch=resnet18", "proj_hidden=64", "batch_size=4", "image_size=32", "workers=0", "shuffle_clips=8"]
+
+
+@pytest.fixture(scope="module")
+def train_shards(good_corpus, tmp_path_factory):
+    shards = tmp_path_factory.mktemp("train_shards")
+    build(good_corpus, shards)
+    return shards
+
+
+def config(preset="sslfer", *overrides):
+    return load_config(TrainConfig, [preset_path(preset)], [*TINY, *overrides])
+
+
+def test_crop_and_flip_move_the_boxes_with_the_image():
+    img = torch.zeros(6, 3, 128, 128)
+    boxes = torch.tensor([[[30.0, 40.0, 70.0, 60.0], [50.0, 80.0, 90.0, 100.0]]]).repeat(6, 1, 1)
+    img[:, :, 40:60, 30:70] = 1.0  # the eye box is white
+    gen = torch.Generator().manual_seed(0)
+    out, b = aug.resized_crop_flip(img, boxes, 56, gen)
+    assert out.shape == (6, 3, 56, 56)
+    for x, bb in zip(out, b):
+        x0, y0, x1, y1 = bb[0].tolist()
+        inside = x[0, int(y0) + 1:int(y1) - 1, int(x0) + 1:int(x1) - 1]
+        assert inside.numel() and inside.min() > 0.9
+        around = x[0, max(0, int(y0) - 1):int(y1) + 2, max(0, int(x0) - 1):int(x1) + 2]
+        assert float(x[0].sum()) == pytest.approx(float(around.sum()), rel=0.02)  # nothing white outside
+
+
+def test_landmark_mask_fills_an_ellipse_with_the_mean_colour():
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(8, 3, 128, 128, generator=g)
+    boxes = torch.tensor([[[40.0, 40.0, 88.0, 60.0], [44.0, 80.0, 84.0, 100.0]]]).repeat(8, 1, 1)
+    out = aug.landmark_mask(img, boxes, 1.0, g)
+    mean = img.mean(dim=(2, 3))
+    for i in range(8):
+        at_eyes = torch.allclose(out[i, :, 50, 64], mean[i])
+        at_mouth = torch.allclose(out[i, :, 90, 64], mean[i])
+        assert at_eyes != at_mouth  # exactly one region, chosen per image
+        assert torch.equal(out[i, :, 5, 5], img[i, :, 5, 5])
+    assert torch.equal(aug.landmark_mask(img, boxes, 0.0, g), img)
+
+
+def test_augment_is_per_sample_and_runs_the_whole_chain():
+    g = torch.Generator().manual_seed(0)
+    faces = torch.full((16, 3, 128, 128), 128, dtype=torch.uint8)
+    faces[:, 0] = 200
+    boxes = torch.tensor([[[40.0, 40.0, 88.0, 60.0], [44.0, 80.0, 84.0, 100.0]]]).repeat(16, 1, 1)
+    x, _ = aug.augment(faces, boxes, 48, g)
+    assert x.shape == (16, 3, 48, 48) and torch.isfinite(x).all()
+    per_image = x.mean(dim=(1, 2, 3))
+    assert per_image.std() > 0.01  # identical inputs, different random parameters per image
+    gray = (x.std(dim=1) < 1e-3).float().mean(dim=(1, 2))  # channel-equal images, before normalisation: none
+    assert len(gray) == 16
+
+
+def test_stream_batches_follow_timeaug_and_hardneg(train_shards):
+    from train.data import ShardStream
+
+    cfg = config("sslfer", "batch_size=8", "anchors_per_clip=4")
+    stream = ShardStream(shard_paths(train_shards), cfg, 0, 1, 5, 0, 8, 4)
+    batches = list(stream)
+    assert len(batches) == 5
+    b = batches[0]
+    m = 16  # 8 anchors + 8 hard-negative instances
+    assert b["images"].shape == (2 * m, 3, 128, 128) and b["images"].dtype == np.uint8
+    assert b["boxes"].shape == (2 * m, 2, 4) and b["region"].shape == (2 * m, 1024) and len(b["speaker"]) == m
+    offsets = np.concatenate([x["offset"] for x in batches])
+    assert np.abs(offsets).max() <= 1.0 + 1e-6
+    assert (offsets != 0).any()
+    # every anchor's hard negative is its own speaker's (or counted as missing)
+    for x in batches:
+        anchors, negs = x["speaker"][:8], x["speaker"][8:]
+        assert (anchors == negs).sum() + x["stats"]["hardneg_missing"] >= 8
+
+
+def test_every_rank_and_worker_gets_its_quota(train_shards):
+    from train.data import ShardStream
+
+    cfg = config("simclr", "batch_size=4")
+    for world in (1, 2, 3):
+        for rank in range(world):
+            loader = torch.utils.data.DataLoader(
+                ShardStream(shard_paths(train_shards), cfg, rank, world, 7, 0, 4 // world or 1, 4),
+                batch_size=None, num_workers=2)
+            assert sum(1 for _ in loader) == 7
+
+
+def _ddp_worker(rank, world, init_file, queue):
+    import torch.distributed as tdist
+
+    from train.pretrain import contrastive_step
+
+    tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    cfg = config("sslfer", "temperature=0.2")
+    model, x, region, speaker = _ddp_problem()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    inst = x.view(2, -1, *x.shape[1:])  # [views, instances, ...]
+    n = inst.shape[1] // world
+    mine = torch.cat([inst[0, rank * n:(rank + 1) * n], inst[1, rank * n:(rank + 1) * n]])
+    reg = region.view(2, -1, region.shape[1])
+    my_reg = torch.cat([reg[0, rank * n:(rank + 1) * n], reg[1, rank * n:(rank + 1) * n]])
+    out = contrastive_step(ddp(mine), my_reg, speaker[rank * n:(rank + 1) * n], cfg)
+    out["loss"].backward()
+    queue.put((rank, float(out["loss"]), [p.grad.clone() for p in model.parameters()]))
+    tdist.destroy_process_group()
+
+
+def _ddp_problem():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8))
+    x = torch.randn(16, 10)            # 8 instances x 2 views: rows 0-7 view 1, rows 8-15 view 2
+    region = torch.randn(16, 6)
+    speaker = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    return model, x, region, speaker
+
+
+def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from train.losses import false_negatives, info_nce
+
+    cfg = config("sslfer", "temperature=0.2")
+    world = 2
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, world, tmp_path / "init", queue)) for r in range(world)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in range(world))
+    for p in procs:
+        p.join(timeout=60)
+    # the same global batch in one process, laid out as the ranks' gathered views
+    model, x, region, speaker = _ddp_problem()
+    n = 4
+    order = torch.cat([torch.cat([torch.arange(r * n, (r + 1) * n), 8 + torch.arange(r * n, (r + 1) * n)])
+                       for r in range(world)])
+    positive = torch.cat([r * 2 * n + (torch.arange(2 * n) + n) % (2 * n) for r in range(world)])
+    spk = torch.cat([speaker[r * n:(r + 1) * n].repeat(2) for r in range(world)])
+    fn = false_negatives(region[order], positive, spk, cfg.n_fn)
+    ref = info_nce(model(x[order]), positive, cfg.temperature, fn, cfg.fn_weight, cfg.positive_in_denominator)
+    ref["loss"].backward()
+    for rank, loss, grads in results:
+        assert loss == pytest.approx(float(ref["loss"].detach()), rel=1e-5)
+        for g, p in zip(grads, model.parameters()):
+            torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_every_preset_trains_a_few_steps(preset, train_shards, tmp_path):
+    from train.pretrain import pretrain
+
+    extra = ["moco_queue=64"] if preset == "mocov2" else []
+    s = pretrain(train_shards, tmp_path / "run", config(preset, "max_steps=2", *extra))
+    assert s["steps"] == 2 and np.isfinite(s["loss"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
+    if config(preset).maskfn:
+        assert all("l2" in r for r in rows)
+
+
+def test_checkpoint_and_exported_backbone_load_safely(train_shards, tmp_path):
+    import torchvision
+
+    from train.pretrain import pretrain
+
+    pretrain(train_shards, tmp_path / "run", config("sslfer", "max_steps=2"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= set(state)
+    assert state["step"] == 2 and state["config"]["arch"] == "resnet18"
+    backbone = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    torchvision.models.resnet18().load_state_dict(backbone)
+    assert (tmp_path / "run" / "curves.png").stat().st_size > 1000
+
+
+def test_lr_schedule_is_constant_then_cosine():
+    from train.pretrain import lr_lambda
+
+    f = lr_lambda(10, 30)
+    assert [f(s) for s in (0, 5, 9, 10)] == [1, 1, 1, 1]
+    assert f(20) == pytest.approx(0.5) and f(30) == pytest.approx(0.0)
+    assert all(f(s) >= f(s + 1) for s in range(10, 30))
+
+
+def test_resume_after_kill_continues_from_the_last_checkpoint(train_shards, tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "train", str(train_shards), str(run), "--preset", "timeaug", *TINY,
+           "max_steps=60", "ckpt_minutes=0.005"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.exists():
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(ckpt, weights_only=True)["step"]
+    assert 0 < killed_at < 60
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from {ckpt} at step {killed_at}" in done.stdout
+    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 60
+    assert torch.load(ckpt, weights_only=True)["step"] == 60
+
+
+def test_non_finite_losses_stop_the_run_with_a_message(train_shards, tmp_path, monkeypatch):
+    from train import pretrain as pt
+
+    real = pt.info_nce
+    monkeypatch.setattr(pt, "info_nce", lambda *a, **k: {**real(*a, **k), "loss": torch.tensor(float("nan"),
+                                                                                               requires_grad=True)})
+    with pytest.raises(pt.TrainingStopped, match="not finite for 3 steps in a row"):
+        pt.pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=10", "max_bad_steps=3"))
+
+
+def test_bad_shards_folder_gives_one_line_errors(tmp_path, train_shards):
+    from train.__main__ import main
+
+    assert main([str(tmp_path / "missing"), str(tmp_path / "r")]) == 2
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty"), str(tmp_path / "r")]) == 2
+    from train.pretrain import pretrain
+
+    copy = tmp_path / "copy"
+    shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(copy / "manifest.parquet")
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, b"schema_version": b"99"}),
+                   copy / "manifest.parquet")
+    with pytest.raises(SchemaError, match="schema version 99"):
+        pretrain(copy, tmp_path / "r", config("simclr", "max_steps=1"))
+
+
+def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
+    from train.data import ShardStream
+
+    copy = tmp_path / "copy"
+    shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
+    good = shard_paths(copy)[0]
+    bad = copy / "shard-000001.tar"
+    bad.write_bytes(good.read_bytes()[:5000])  # a truncated tar
+    stream = ShardStream([good, bad], config("simclr"), 0, 1, 3, 0, 4, 4)
+    with pytest.warns(UserWarning, match="skipping damaged shard shard-000001.tar"):
+        batches = list(stream)
+    assert len(batches) == 3 and batches[-1]["stats"]["bad_shards"] == 1
