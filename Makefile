@@ -57,12 +57,7 @@ pretrain: setup
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
-bench-DEMO := build/demo
-demo: setup
-	@[ -n "$(DATA)" ] || [ -d $(DEMO)/corpus ] || $(PY) -m preprocess.synthetic $(DEMO)/corpus
-	$(PY) -m preprocess build "$(if $(DATA),$(DATA),$(DEMO)/corpus)" $(DEMO)/shards region_descriptor=landmarks $(ARGS)
-
-shards: setup
+bench-shards: setup
 	$(PY) bench/bench_shards.py $(ARGS)
 
 bench-train: setup

@@ -147,11 +147,12 @@ class ClipSample:
         if meta.get("schema") != SCHEMA_VERSION:
             raise SchemaError(f"sample {sample.get('__key__')!r} has schema {meta.get('schema')}, "
                               f"this code reads {SCHEMA_VERSION}: rebuild the shards with `make shards`")
-        jpegs = {n: (np.frombuffer(sample[f"{n}.jpgs"], np.uint8), decode_npy(sample[f"{n}.idx.npy"]))
-                 for n in JPEG_BLOBS}
-        return cls(key=sample["__key__"], meta=meta, time=decode_npy(sample[TIME]),
-                   source_frame=decode_npy(sample[SOURCE_FRAME]), landmarks=decode_npy(sample[LANDMARKS]),
-                   boxes=decode_npy(sample[BOXES]), region=decode_npy(sample[REGION]), jpegs=jpegs)
+        def array(name):  # a reader may skip files it does not need: they come as b"" and load as None
+            return decode_npy(sample[name]) if sample[name] else None
+
+        jpegs = {n: (np.frombuffer(sample[f"{n}.jpgs"], np.uint8), array(f"{n}.idx.npy")) for n in JPEG_BLOBS}
+        return cls(key=sample["__key__"], meta=meta, time=array(TIME), source_frame=array(SOURCE_FRAME),
+                   landmarks=array(LANDMARKS), boxes=array(BOXES), region=array(REGION), jpegs=jpegs)
 
 
 def read_manifest(shards_dir: str | Path):

@@ -1,6 +1,7 @@
 """Batched augmentations with per-sample random parameters, on whatever device the batch is on (the GPU in
 training; the same code is the CPU path). In the paper's order: landmark mask, resize 128 -> random crop,
-flip, colour jitter, Gaussian blur, grayscale; then ImageNet normalisation."""
+flip, colour jitter, Gaussian blur, grayscale; then ImageNet normalisation. Colour jitter and grayscale are one
+affine colour map per image (see colour_matrices); the blur, linear and per channel, commutes with it."""
 from __future__ import annotations
 
 import math
@@ -43,7 +44,8 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, size: int, gen) -> t
     n = len(x)
     dev = x.device
     r = round(size * FACE_SIZE / 112)
-    x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
+    if r != x.shape[-1]:
+        x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
     oy = torch.randint(0, r - size + 1, (n,), generator=gen, device=dev)
     ox = torch.randint(0, r - size + 1, (n,), generator=gen, device=dev)
     c = x.shape[1]
@@ -58,52 +60,74 @@ def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, size: int, gen) -> t
     return x, torch.where(flip.view(n, 1, 1), flipped, b)
 
 
+GRAY = (0.299, 0.587, 0.114)
+
+
 def _gray(x: torch.Tensor) -> torch.Tensor:
-    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+    return GRAY[0] * x[:, 0:1] + GRAY[1] * x[:, 1:2] + GRAY[2] * x[:, 2:3]
 
 
-def colour_jitter(x: torch.Tensor, p: float, gen, strength=(0.4, 0.4, 0.4, 0.2)) -> torch.Tensor:
-    """Brightness, contrast, saturation in [1-s, 1+s] and hue in [-h, h] turns, per image, with probability p.
-    The hue turn is a rotation of the chroma plane in YIQ space (a close, batched stand-in for HSV)."""
-    n = len(x)
-    dev = x.device
-    apply = (_rand(n, gen, dev) < p).view(n, 1, 1, 1)
+_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def colour_matrices(x: torch.Tensor, gen, p_colour: float, p_gray: float, strength=(0.4, 0.4, 0.4, 0.2)):
+    """Per image, colour jitter (with probability p_colour) then grayscale (p_gray) as one affine colour map
+    y = A x + c. Brightness, contrast and saturation factors in [1-s, 1+s] and a hue turn in [-h, h] are all
+    linear in the pixel values (contrast about the image's mean gray, hue as a rotation of the chroma plane in
+    YIQ space), so they compose exactly; unlike torchvision, values are clipped once, at the end."""
+    n, dev = len(x), x.device
+    eye = torch.eye(3, device=dev).expand(n, 3, 3)
+    w = x.new_tensor(GRAY).view(1, 1, 3).expand(n, 3, 3)  # rows: gray weights
     b_, c_, s_, h_ = strength
-    out = x * _rand(n, gen, dev, 1 - b_, 1 + b_).view(n, 1, 1, 1)
-    out = out.clamp(0, 1)
-    m = _gray(out).mean(dim=(2, 3), keepdim=True)
-    out = ((out - m) * _rand(n, gen, dev, 1 - c_, 1 + c_).view(n, 1, 1, 1) + m).clamp(0, 1)
-    g = _gray(out)
-    out = ((out - g) * _rand(n, gen, dev, 1 - s_, 1 + s_).view(n, 1, 1, 1) + g).clamp(0, 1)
+    bright = _rand(n, gen, dev, 1 - b_, 1 + b_).view(n, 1, 1)
+    contrast = _rand(n, gen, dev, 1 - c_, 1 + c_).view(n, 1, 1)
+    sat = _rand(n, gen, dev, 1 - s_, 1 + s_).view(n, 1, 1)
     theta = _rand(n, gen, dev, -h_, h_) * 2 * math.pi
-    to_yiq = x.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
-    yiq = torch.einsum("ij,njhw->nihw", to_yiq, out)
-    cos, sin = theta.cos().view(n, 1, 1), theta.sin().view(n, 1, 1)
-    i, q = yiq[:, 1], yiq[:, 2]
-    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], 1)
-    out = torch.einsum("ij,njhw->nihw", torch.linalg.inv(to_yiq), yiq).clamp(0, 1)
-    return torch.where(apply, out, x)
+    mean_gray = _gray(x).mean(dim=(1, 2, 3)).view(n, 1)
+    a = bright * eye                                        # brightness
+    c = (1 - contrast.view(n, 1)) * bright.view(n, 1) * mean_gray  # contrast about the mean gray
+    a = contrast * a
+    a = (sat * eye + (1 - sat) * w) @ a                     # saturation
+    yiq = _TO_YIQ.to(dev)
+    cos, sin = theta.cos(), theta.sin()
+    rot = torch.zeros(n, 3, 3, device=dev)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    hue = torch.linalg.inv(yiq) @ rot @ yiq
+    a, c = hue @ a, (hue @ c.view(n, 1, 1).expand(n, 3, 1)).view(n, 3)
+    jitter = (_rand(n, gen, dev) < p_colour).view(n, 1, 1)
+    a = torch.where(jitter, a, eye)
+    c = torch.where(jitter.view(n, 1), c, torch.zeros_like(c))
+    gray = (_rand(n, gen, dev) < p_gray).view(n, 1, 1)
+    a = torch.where(gray, w @ a, a)
+    c = torch.where(gray.view(n, 1), (w @ c.view(n, 3, 1)).view(n, 3), c)
+    return a, c
+
+
+def apply_colour(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return (torch.einsum("nij,njhw->nihw", a, x) + c.view(-1, 3, 1, 1)).clamp(0, 1)
 
 
 def gaussian_blur(x: torch.Tensor, p: float, gen, sigma=(0.1, 2.0)) -> torch.Tensor:
-    """Separable Gaussian blur, sigma uniform per image, kernel ~10% of the side (odd), with probability p."""
+    """Separable Gaussian blur, sigma uniform per image, kernel ~10% of the side (odd), with probability p
+    (computed only for the images drawn)."""
     n, c, h, w = x.shape
     dev = x.device
     k = max(3, int(0.1 * h) // 2 * 2 + 1)
     s = _rand(n, gen, dev, *sigma)
+    chosen = torch.nonzero(_rand(n, gen, dev) < p).flatten()
+    if len(chosen) == 0:
+        return x
+    m = len(chosen)
     t = torch.arange(k, device=dev, dtype=x.dtype) - k // 2
-    kern = torch.exp(-(t.view(1, k) ** 2) / (2 * s.view(n, 1) ** 2))
-    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
-    y = x.reshape(1, n * c, h, w)
-    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kern.view(n * c, 1, 1, k), groups=n * c)
-    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kern.view(n * c, 1, k, 1), groups=n * c)
-    apply = (_rand(n, gen, dev) < p).view(n, 1, 1, 1)
-    return torch.where(apply, y.view(n, c, h, w), x)
-
-
-def grayscale(x: torch.Tensor, p: float, gen) -> torch.Tensor:
-    apply = (_rand(len(x), gen, x.device) < p).view(-1, 1, 1, 1)
-    return torch.where(apply, _gray(x).expand_as(x), x)
+    kern = torch.exp(-(t.view(1, k) ** 2) / (2 * s[chosen].view(m, 1) ** 2))
+    kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [m*c, k]
+    y = x[chosen].reshape(1, m * c, h, w)
+    y = F.conv2d(F.pad(y, (k // 2, k // 2, 0, 0), mode="reflect"), kern.view(m * c, 1, 1, k), groups=m * c)
+    y = F.conv2d(F.pad(y, (0, 0, k // 2, k // 2), mode="reflect"), kern.view(m * c, 1, k, 1), groups=m * c)
+    x = x.clone()
+    x[chosen] = y.view(m, c, h, w)
+    return x
 
 
 def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Generator | None,
@@ -113,9 +137,8 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Gen
     x = images.float() / 255
     x = landmark_mask(x, boxes, p_mask, gen)
     x, boxes = resized_crop_flip(x, boxes, size, gen)
-    x = colour_jitter(x, p_colour, gen)
-    x = gaussian_blur(x, p_blur, gen)
-    x = grayscale(x, p_gray, gen)
+    x = apply_colour(x, *colour_matrices(x, gen, p_colour, p_gray))
+    x = gaussian_blur(x, p_blur, gen)  # linear and per channel: commutes with the colour map
     mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return (x - mean) / std, boxes

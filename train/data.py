@@ -21,10 +21,11 @@ from train.sampling import hard_negative, timeaug_positive
 from train.settings import TrainConfig
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict]:
-    """Raw WebDataset samples of one tar (files grouped by key, in order). Raises on a damaged tar."""
+def iter_tar_samples(path: Path, skip: frozenset = frozenset()) -> Iterator[dict]:
+    """Raw WebDataset samples of one tar (files grouped by key, in order), without reading the files whose
+    extension is in `skip`. Raises on a damaged tar."""
     current: dict | None = None
-    with tarfile.open(path, mode="r|") as tar:
+    with tarfile.open(path, mode="r:") as tar:
         for member in tar:
             if not member.isfile():
                 continue
@@ -34,9 +35,13 @@ def iter_tar_samples(path: Path) -> Iterator[dict]:
                 if current is not None:
                     yield current
                 current = {"__key__": key}
-            current[ext] = tar.extractfile(member).read()
+            current[ext] = b"" if ext in skip else tar.extractfile(member).read()
     if current is not None:
         yield current
+
+
+# sample files the trainer never reads (the eye and mouth crops are for region embeddings, made offline)
+UNUSED = frozenset({"eyes.jpgs", "mouth.jpgs", "landmarks.npy", "frame.npy"})
 
 
 def speaker_id(name: str) -> int:
@@ -84,7 +89,7 @@ class ShardStream(torch.utils.data.IterableDataset):
                 if path in bad:
                     continue
                 try:
-                    for raw in iter_tar_samples(path):
+                    for raw in iter_tar_samples(path, UNUSED):
                         if by_shard or n % share == reader % share:
                             produced = True
                             yield ClipSample.from_wds(raw)

@@ -224,9 +224,6 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         if main and epoch_done % 5 == 0 and epoch_top1 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
             save_checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", model, optimizer, scheduler, scaler,
                             epoch_done, step, cfg)
-        if main and step == (epoch + 1) * steps_per_epoch:  # a finished epoch resumes at the next one
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, epoch_done, step, cfg)
-            last_ckpt = time.time()
     bar.close()
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                "clips": n_clips, "shards": len(files), "world": world, "device": device,
