@@ -111,7 +111,7 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(round(cfg.warm_epochs * steps_per_epoch), total_steps))
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling; kept for checkpoints
-    step, start_epoch = 0, 0
+    step = 0
     ckpt_dir = run / "checkpoints"
     resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else (None if cfg.resume == "never"
                                                                        else Path(cfg.resume))
@@ -122,9 +122,8 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         step = state["step"]
-        start_epoch = step // steps_per_epoch
         if main:
-            print(f"resumed from {resume_from} at step {step} (epoch {start_epoch})")
+            print(f"resumed from {resume_from} at step {step} (epoch {step // steps_per_epoch})")
     elif cfg.resume not in ("auto", "never"):
         raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
     train_model = model
@@ -147,83 +146,79 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=not main,
                dynamic_ncols=True)
     t_start = time.time()
-    epoch = start_epoch
-    for epoch in range(start_epoch, epochs):
-        done_in_epoch = step - epoch * steps_per_epoch
-        remaining = min(steps_per_epoch - done_in_epoch, total_steps - step)
-        if remaining <= 0:
-            continue
-        stream = ShardStream(files, cfg, rank, world, remaining, epoch * 1_000_003 + step, local_anchors,
-                             n_clips)
-        loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda,
-                                             persistent_workers=False)
-        epoch_top1 = []
-        t_wait = time.perf_counter()
-        for batch in loader:
-            t_got = time.perf_counter()
-            images = batch["images"].to(device, non_blocking=True)
-            boxes = batch["boxes"].to(device, non_blocking=True)
-            x, _ = augment(images, boxes, cfg.image_size, gen, cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur,
-                           cfg.p_gray)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            half = len(x) // 2
-            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-                if cfg.method == "simclr":
-                    out = contrastive_step(train_model(x), batch["region"].to(device),
-                                           batch["speaker"].to(device), cfg)
-                else:
-                    if cfg.method == "byol":
-                        unwrap(model).progress = step / max(total_steps, 1)
-                    out = train_model(x[:half], x[half:])
-            loss = out["loss"]
-            if not torch.isfinite(loss):
-                bad_steps += 1
-                totals["skipped_steps"] += 1
-                optimizer.zero_grad(set_to_none=True)
-                if bad_steps >= cfg.max_bad_steps:
-                    raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
-                                          f"{step}); lower lr or check the shards")
-                continue
-            bad_steps = 0
+    # one stream for the rest of the run: epochs only mark where the schedule and the checkpoint rule look
+    stream = ShardStream(files, cfg, rank, world, total_steps - step, step, local_anchors, n_clips)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda)
+    epoch_top1: list[float] = []
+    t_wait = time.perf_counter()
+    for batch in loader:
+        t_got = time.perf_counter()
+        images = batch["images"].to(device, non_blocking=True)
+        boxes = batch["boxes"].to(device, non_blocking=True)
+        x, _ = augment(images, boxes, cfg.image_size, gen, cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur,
+                       cfg.p_gray)
+        if cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        half = len(x) // 2
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+            if cfg.method == "simclr":
+                out = contrastive_step(train_model(x), batch["region"].to(device),
+                                       batch["speaker"].to(device), cfg)
+            else:
+                if cfg.method == "byol":
+                    unwrap(model).progress = step / max(total_steps, 1)
+                out = train_model(x[:half], x[half:])
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            bad_steps += 1
+            totals["skipped_steps"] += 1
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            if cuda:
-                torch.cuda.synchronize()
-            t_done = time.perf_counter()
-            stats = batch["stats"]
-            totals["hardneg_missing"] += int(stats["hardneg_missing"])
-            totals["swaps"] += int(stats["swaps"])
-            totals["anchors"] += local_anchors
-            top1 = float(dist.all_reduce_mean(out["top1"].detach()))
-            epoch_top1.append(top1)
-            record = {"step": step, "epoch": epoch, "loss": float(loss.detach()), "l1": float(out["l1"].detach()),
-                      "top1": top1, "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": len(x) * world / (t_done - t_wait),
-                      "data_wait": (t_got - t_wait) / (t_done - t_wait),
-                      "hardneg_missing": int(stats["hardneg_missing"]), "swaps": int(stats["swaps"])}
-            if "l2" in out:
-                record["l2"] = float(out["l2"].detach())
-            if cuda:
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-            history.append(record)
-            if main and step % cfg.log_every == 0:
-                with open(log_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {top1:.2f} {record['images_per_s']:.0f} img/s "
-                                    f"wait {record['data_wait']:.0%}")
-            bar.update(1)
-            if main and time.time() - last_ckpt > cfg.ckpt_minutes * 60:
-                save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, epoch, step, cfg)
-                last_ckpt = time.time()
-            t_wait = time.perf_counter()
-        epoch_done = epoch + 1
-        if main and epoch_done % 5 == 0 and epoch_top1 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
-            save_checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", model, optimizer, scheduler, scaler,
-                            epoch_done, step, cfg)
+            if bad_steps >= cfg.max_bad_steps:
+                raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
+                                      f"{step}); lower lr or check the shards")
+            continue
+        bad_steps = 0
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        if cuda:
+            torch.cuda.synchronize()
+        t_done = time.perf_counter()
+        stats = batch["stats"]
+        totals["hardneg_missing"] += int(stats["hardneg_missing"])
+        totals["swaps"] += int(stats["swaps"])
+        totals["anchors"] += local_anchors
+        top1 = float(dist.all_reduce_mean(out["top1"].detach()))
+        epoch_top1.append(top1)
+        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
+                  "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
+                  "images_per_s": len(x) * world / (t_done - t_wait),
+                  "data_wait": (t_got - t_wait) / (t_done - t_wait),
+                  "hardneg_missing": int(stats["hardneg_missing"]), "swaps": int(stats["swaps"])}
+        if "l2" in out:
+            record["l2"] = float(out["l2"].detach())
+        if cuda:
+            record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        history.append(record)
+        if main and step % cfg.log_every == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {top1:.2f} {record['images_per_s']:.0f} img/s "
+                                f"wait {record['data_wait']:.0%}")
+        bar.update(1)
+        if main and time.time() - last_ckpt > cfg.ckpt_minutes * 60:
+            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, step // steps_per_epoch,
+                            step, cfg)
+            last_ckpt = time.time()
+        if step % steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
+            epoch_done = step // steps_per_epoch
+            if main and epoch_done % 5 == 0 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
+                save_checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", model, optimizer, scheduler, scaler,
+                                epoch_done, step, cfg)
+            epoch_top1 = []
+        t_wait = time.perf_counter()
     bar.close()
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                "clips": n_clips, "shards": len(files), "world": world, "device": device,
