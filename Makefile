@@ -11,8 +11,16 @@ CONFIG ?=
 ARGS ?=
 RUN ?= runs/$(PRESET)
 PRESET ?= sslfer
+CKPT ?=
+PROTOCOL ?= both
+TASK ?= expr
+REPORT ?=
+RUNS ?=
+EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
+	protocol=$(PROTOCOL) task=$(TASK) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge pretrain test bench-shards bench-train
+.PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-lfw eval-folder report test \
+	bench-shards bench-train bench-eval
 
 help:
 	@echo "make demo                       the pipeline on a synthetic corpus it makes (shards + pretraining for now)"
@@ -22,6 +30,10 @@ help:
 	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
+	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both]"
+	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv>;  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
+	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
+	@echo "make report RUNS=\"<report dirs>\"  one table from several evaluation reports"
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
@@ -56,6 +68,21 @@ shards-merge: setup
 pretrain: setup
 	$(PY) -m train "$(SHARDS)" "$(RUN)" --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
 
+eval-affectnet: setup
+	$(call EVAL,affectnet,$(AFFECTNET))
+
+eval-fer2013: setup
+	$(call EVAL,fer2013,$(FER2013))
+
+eval-lfw: setup
+	$(PY) -m eval lfw "$(LFW)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") $(ARGS)
+
+eval-folder: setup
+	$(call EVAL,folder,$(DATA))
+
+report: setup
+	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)")
+
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
@@ -64,3 +91,6 @@ bench-shards: setup
 
 bench-train: setup
 	$(PY) bench/bench_train.py $(ARGS)
+
+bench-eval: setup
+	$(PY) bench/bench_eval.py $(ARGS)

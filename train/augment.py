@@ -139,9 +139,12 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Gen
     x, boxes = resized_crop_flip(x, boxes, size, gen)
     x = apply_colour(x, *colour_matrices(x, gen, p_colour, p_gray))
     x = gaussian_blur(x, p_blur, gen)  # linear and per channel: commutes with the colour map
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std, boxes
+    return normalize(x), boxes
+
+
+def normalize(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] RGB -> ImageNet-normalised."""
+    return (x - x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def eval_transform(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -150,7 +153,4 @@ def eval_transform(images: torch.Tensor, size: int) -> torch.Tensor:
     r = round(size * FACE_SIZE / 112)
     x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
     o = (r - size) // 2
-    x = x[:, :, o:o + size, o:o + size]
-    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (x - mean) / std
+    return normalize(x[:, :, o:o + size, o:o + size])

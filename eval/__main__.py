@@ -1,0 +1,78 @@
+"""Command line of the evaluation: `python -m eval fer2013|affectnet|lfw|folder DATA --ckpt X [--ckpt Y]
+[--report DIR] [key=value ...]` and `python -m eval report DIR ... [--out FILE]` (what `make eval-*` runs)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from preprocess.config import ConfigError, load_config, options_help
+from eval.settings import EvalConfig
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate pretrained backbones with the paper's protocols and write a report.",
+        epilog="CKPT: a checkpoint of this project (checkpoints/last.pt), an exported backbone.pt, any torchvision "
+               "ResNet state dict, the official code's checkpoints, 'imagenet', 'random', or 'eyemouth' (the "
+               "ImageNet ResNet18 eye+mouth descriptor of Table 5; 'eyemouth=<weights file>').\n\n"
+               "options (key=value):\n" + options_help(EvalConfig))
+    parser.add_argument("dataset", choices=["fer2013", "affectnet", "lfw", "folder", "report"],
+                        help="which protocol; 'folder' = any <class>/* image folders; 'report' joins reports")
+    parser.add_argument("data", nargs="+", help="the dataset folder (or fer2013.csv); for 'report': report folders")
+    parser.add_argument("--ckpt", action="append", default=[], help="backbone to evaluate (repeatable)")
+    parser.add_argument("--report", help="report folder (default reports/<dataset>-<time>)")
+    parser.add_argument("--pairs", help="LFW pairs.txt for 10-fold verification (default DATA/pairs.txt if there)")
+    parser.add_argument("--out", help="report: write the joined table here too")
+    args, overrides = parser.parse_known_args(argv)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        parser.error(f"unrecognised arguments: {' '.join(bad)}")
+
+    from eval import datasets as D
+    from eval import report as R
+    from eval.backbones import CheckpointError
+    from eval.run import evaluate_expressions, evaluate_lfw
+    from preprocess.regions import WeightsMissing
+
+    try:
+        if args.dataset == "report":
+            text = R.join([Path(d) for d in args.data])
+            print(text)
+            if args.out:
+                Path(args.out).write_text(text)
+            return 0
+        cfg = load_config(EvalConfig, None, overrides)
+        if not args.ckpt:
+            raise ConfigError("give at least one --ckpt (CKPT=...)")
+        data = Path(args.data[0])
+        report_dir = Path(args.report or f"reports/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+        t0 = time.time()
+        if args.dataset == "lfw":
+            pairs = Path(args.pairs) if args.pairs else (data / "pairs.txt" if (data / "pairs.txt").is_file() else None)
+            metrics = evaluate_lfw(D.lfw(data), args.ckpt, cfg, report_dir, pairs)
+        else:
+            if args.dataset == "fer2013":
+                ds = D.fer2013(data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+            elif args.dataset == "affectnet":
+                ds = D.affectnet(data, cfg.classes, cfg.val_fraction, cfg.seed)
+            else:
+                ds = D.image_folder(data, data.name, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+            metrics = evaluate_expressions(ds, args.ckpt, cfg, report_dir)
+    except (ConfigError, D.DatasetError, CheckpointError, WeightsMissing, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"\n== evaluation: {metrics['dataset']} ==")
+    print("images        " + ", ".join(f"{k} {v}" for k, v in metrics["images"].items()))
+    print("aligned       " + "; ".join(f"{k}: {v}" for k, v in metrics["alignment"].items()))
+    if metrics["skipped"]:
+        print("skipped       " + ", ".join(f"{n} {r}" for r, n in metrics["skipped"].items()))
+    print(R.table(metrics["checkpoints"]))
+    print(f"report        {report_dir}/report.md ({time.time() - t0:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

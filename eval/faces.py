@@ -1,0 +1,145 @@
+"""Evaluation images aligned exactly as the pretraining frames (mediapipe landmarks, the same template, 128 px),
+cached once per dataset so repeated evaluations do not redo detection. Where no face is found the image falls
+back to the dataset's face box (AffectNet) or the whole image (already-cropped sets), and is counted."""
+from __future__ import annotations
+
+import hashlib
+import multiprocessing as mp
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from eval.datasets import Item
+from preprocess.cache import load_npz, save_npz
+from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, five_points, similarity
+
+FACE_SIZE = 128
+ALIGN_VERSION = 2
+_mesh = None
+
+
+def read_image(item: Item) -> np.ndarray | None:
+    """RGB uint8, or None when unreadable."""
+    if item.pixels:
+        grey = np.array(item.pixels.split(), np.uint8).reshape(48, 48)
+        return np.repeat(grey[..., None], 3, axis=2)
+    try:
+        bgr = cv2.imdecode(np.fromfile(item.source, np.uint8), cv2.IMREAD_COLOR)
+    except OSError:
+        return None
+    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _landmarks(rgb: np.ndarray) -> np.ndarray | None:
+    """Face-mesh landmarks in the image's pixels, or None. Tightly cropped faces (FER2013) are often missed
+    by the detector, so a second try pads the image with grey; small images are enlarged first."""
+    global _mesh
+    from preprocess.landmarks import quiet_stderr
+
+    if _mesh is None:
+        with quiet_stderr():
+            import mediapipe as mp_
+
+            _mesh = mp_.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
+                                                     refine_landmarks=True, min_detection_confidence=0.3)
+    h, w = rgb.shape[:2]
+    for pad_share in (0.0, 0.25):
+        pad = int(round(max(h, w) * pad_share))
+        img = cv2.copyMakeBorder(rgb, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(128, 128, 128)) \
+            if pad else rgb
+        ph, pw = img.shape[:2]
+        scale = max(1.0, 192 / min(ph, pw))
+        if scale > 1:
+            img = cv2.resize(img, (round(pw * scale), round(ph * scale)), interpolation=cv2.INTER_CUBIC)
+        with quiet_stderr():  # the graph logs its set-up on first use
+            res = _mesh.process(np.ascontiguousarray(img))
+        if res.multi_face_landmarks:
+            return np.array([(p.x * pw - pad, p.y * ph - pad) for p in res.multi_face_landmarks[0].landmark],
+                            np.float32)
+    return None
+
+
+def align_one(item: Item) -> tuple[np.ndarray | None, str, np.ndarray | None]:
+    """(128x128 RGB face or None, how: 'landmarks' | 'box' | 'full' | 'unreadable', the five alignment
+    points in unit image coordinates when landmarks were found)."""
+    rgb = read_image(item)
+    if rgb is None:
+        return None, "unreadable", None
+    lm = _landmarks(rgb)
+    if lm is not None:
+        m = alignment_matrix(lm, FACE_SIZE)
+        face = cv2.warpAffine(rgb, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_AREA if abs(m[0, 0]) < 1
+                              else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return face, "landmarks", five_points(lm) / np.array([rgb.shape[1], rgb.shape[0]])
+    if item.box is not None:
+        x, y, w, h = item.box
+        crop = rgb[max(0, y):y + h, max(0, x):x + w]
+        if crop.size:
+            return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "box", None
+    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "full", None
+
+
+def place_by_mean_geometry(full: np.ndarray, mean_points: np.ndarray) -> np.ndarray:
+    """A whole (already cropped) image, resized to 128, moved onto the template as if its face sat where the
+    dataset's detected faces sit on average: fallbacks then match the aligned faces' scale and position."""
+    m = similarity(mean_points * FACE_SIZE, TEMPLATE_UNIT * FACE_SIZE)
+    return cv2.warpAffine(full, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _align_chunk(items: list[Item]):
+    return [align_one(it) for it in items]
+
+
+def cache_key(items: list[Item]) -> str:
+    h = hashlib.sha1(f"align-v{ALIGN_VERSION}".encode())
+    for it in items:
+        h.update(it.source.encode())
+        if it.pixels:
+            h.update(hashlib.sha1(it.pixels.encode()).digest())
+        elif Path(it.source).is_file():
+            st = Path(it.source).stat()
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        h.update(repr(it.box).encode())
+    return h.hexdigest()[:16]
+
+
+def aligned_faces(items: list[Item], cache_dir: Path, workers: int, desc: str) -> tuple[np.ndarray, list[str]]:
+    """uint8 [N, 128, 128, 3] (zeros where unreadable) and how each was aligned; cached by the items."""
+    path = Path(cache_dir) / f"faces-{cache_key(items)}.npz"
+    if path.is_file():
+        arrays, info = load_npz(path)
+        return arrays["faces"], info["how"]
+    faces = np.zeros((len(items), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    how: list[str] = [""] * len(items)
+    points: list[np.ndarray] = []
+    chunk = 64
+    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(chunks) > 1 else None
+    results = pool.imap(_align_chunk, chunks) if pool else map(_align_chunk, chunks)
+    try:
+        with tqdm(total=len(items), desc=f"align {desc}", unit="img", dynamic_ncols=True) as bar:
+            for c, out in enumerate(results):
+                for j, (face, h, pts) in enumerate(out):
+                    if face is not None:
+                        faces[c * chunk + j] = face
+                    how[c * chunk + j] = h
+                    if pts is not None:
+                        points.append(pts)
+                bar.update(len(out))
+    finally:
+        if pool:
+            pool.terminate()
+    if points:  # whole-image fallbacks placed by the mean geometry of the faces that were found
+        mean_points = np.mean(points, axis=0)
+        for i, h in enumerate(how):
+            if h == "full":
+                faces[i] = place_by_mean_geometry(faces[i], mean_points)
+                how[i] = "full (placed by mean landmarks)"
+    save_npz(path, {"faces": faces}, {"how": how})
+    return faces, how
+
+
+def alignment_counts(how: list[str]) -> dict:
+    return {k: how.count(k) for k in dict.fromkeys(how)}

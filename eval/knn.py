@@ -1,0 +1,62 @@
+"""Face recognition with a frozen backbone: FR-KNN identification (paper Table 2) and LFW pair verification."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def knn_split(identities: list[str], min_images: int, train_fraction: float, seed: int):
+    """Gallery and probe indices: people with >= min_images images, a seeded split of each person's images."""
+    rng = np.random.default_rng(seed)
+    by_person: dict[str, list[int]] = {}
+    for i, who in enumerate(identities):
+        by_person.setdefault(who, []).append(i)
+    gallery, probe = [], []
+    people = sorted(p for p, idx in by_person.items() if len(idx) >= min_images)
+    for p in people:
+        idx = rng.permutation(by_person[p])
+        k = int(round(len(idx) * train_fraction))
+        gallery += idx[:k].tolist()
+        probe += idx[k:].tolist()
+    return np.array(gallery, int), np.array(probe, int), people
+
+
+def knn_accuracy(features: np.ndarray, identities: list[str], gallery: np.ndarray, probe: np.ndarray) -> float:
+    """1-NN on cosine similarity: share of probe images whose nearest gallery image is the same person."""
+    f = _unit(features.astype(np.float32))
+    ids = np.array(identities)
+    nearest = (f[probe] @ f[gallery].T).argmax(1)
+    return float((ids[gallery][nearest] == ids[probe]).mean())
+
+
+def read_pairs(path: Path, root: Path) -> list[tuple[Path, Path, bool]]:
+    """LFW pairs.txt: 'name i j' (same person) or 'name1 i name2 j' (different), after a header line."""
+    pairs = []
+    for line in Path(path).read_text().splitlines()[1:]:
+        parts = line.split()
+        if len(parts) == 3:
+            a, b, same = (parts[0], int(parts[1])), (parts[0], int(parts[2])), True
+        elif len(parts) == 4:
+            a, b, same = (parts[0], int(parts[1])), (parts[2], int(parts[3])), False
+        else:
+            continue
+        pairs.append((root / a[0] / f"{a[0]}_{a[1]:04d}.jpg", root / b[0] / f"{b[0]}_{b[1]:04d}.jpg", same))
+    return pairs
+
+
+def verification_accuracy(sim: np.ndarray, same: np.ndarray, folds: int = 10) -> float:
+    """10-fold verification: the threshold that is best on 9 folds, scored on the 10th; mean over folds."""
+    idx = np.arange(len(sim))
+    accs = []
+    for k in range(folds):
+        test = idx % folds == k
+        train = ~test
+        candidates = np.unique(sim[train])
+        best = max(candidates, key=lambda t: ((sim[train] >= t) == same[train]).mean())
+        accs.append(((sim[test] >= best) == same[test]).mean())
+    return float(np.mean(accs))

@@ -1,0 +1,144 @@
+"""Reports: metrics.json, a Table-1-style report.md, confusion matrices, head curves and Grad-CAM grids as PNG;
+and `make report`, which joins several reports into one table."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+COLUMNS = [  # (title, section, key, format)
+    ("Linear F1", "linear_expr", "f1", "pct"), ("Linear Acc", "linear_expr", "acc", "pct"),
+    ("Fine-tune F1", "finetune_expr", "f1", "pct"), ("Fine-tune Acc", "finetune_expr", "acc", "pct"),
+    ("V CCC", "finetune_va", "v_ccc", "num"), ("V RMSE", "finetune_va", "v_rmse", "num"),
+    ("A CCC", "finetune_va", "a_ccc", "num"), ("A RMSE", "finetune_va", "a_rmse", "num"),
+    ("Linear V CCC", "linear_va", "v_ccc", "num"), ("Linear A CCC", "linear_va", "a_ccc", "num"),
+    ("FR-KNN", "fr_knn", "acc", "pct"), ("Verification", "verification", "acc", "pct"),
+]
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")[:60]
+
+
+def _value(section: dict, key: str):
+    if not section:
+        return None
+    return section.get("test", section).get(key)
+
+
+def table(results: dict[str, dict], prefix: str = "") -> str:
+    """Markdown table: a row per checkpoint, the columns any of them has; numbers of images in brackets."""
+    cols = [c for c in COLUMNS if any(_value(r.get(c[1]), c[2]) is not None for r in results.values())]
+    if not cols:
+        return "(no metrics)\n"
+    head = "| checkpoint | " + " | ".join(f"{prefix}{c[0]}" for c in cols) + " |"
+    lines = [head, "|---|" + "---:|" * len(cols)]
+    for name, r in results.items():
+        cells = []
+        for title, section, key, fmt in cols:
+            v = _value(r.get(section), key)
+            cells.append("–" if v is None else (f"{100 * v:.1f}%" if fmt == "pct" else f"{v:.3f}"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def confusion_png(matrix: np.ndarray, classes: list[str], title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, float)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.7 * len(classes), 1 + 0.6 * len(classes)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def curves_png(curves: dict[str, list], out: Path) -> None:
+    """One panel per checkpoint/protocol: training loss and validation score per epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(curves)
+    fig, axes = plt.subplots(1, n, figsize=(3.5 * n, 2.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], curves.items()):
+        ep = [r["epoch"] for r in rows]
+        ax.plot(ep, [r["train_loss"] for r in rows], label="train loss")
+        ax2 = ax.twinx()
+        ax2.plot(ep, [r["val_score"] for r in rows], color="tab:orange", label="val score")
+        ax.set_title(name, fontsize=8)
+        ax.set_xlabel("epoch")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path) -> None:
+    """Grad-CAM grid: one row per checkpoint, the same images in the same columns."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_rows, n_cols = len(rows), max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(1.3 * n_cols, 1.5 * n_rows), squeeze=False)
+    for r, (name, images) in enumerate(rows.items()):
+        for c in range(n_cols):
+            ax = axes[r][c]
+            ax.axis("off")
+            if c < len(images):
+                ax.imshow(images[c])
+            if r == 0 and c < len(labels):
+                ax.set_title(labels[c], fontsize=7)
+        axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, rotation=90, va="center",
+                        ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def write(report_dir: Path, metrics: dict, extra_md: str = "") -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    lines = [f"# {metrics['dataset']} evaluation", "", table(metrics["checkpoints"])]
+    lines += ["", "Test-split images per protocol, alignment and skipped inputs are in metrics.json."]
+    for split, counts in metrics.get("alignment", {}).items():
+        lines.append(f"- {split}: {metrics['images'].get(split, '?')} images, aligned by {counts}")
+    for reason, n in metrics.get("skipped", {}).items():
+        lines.append(f"- skipped: {n} ({reason})")
+    for note in metrics.get("notes", []):
+        lines.append(f"- note: {note}")
+    lines += ["", extra_md]
+    path = report_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def join(report_dirs: list[Path]) -> str:
+    """Several reports' metrics.json joined (`make report RUNS=...`): one table per dataset, a row per
+    checkpoint."""
+    by_dataset: dict[str, dict[str, dict]] = {}
+    for d in report_dirs:
+        path = Path(d) / "metrics.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: no metrics.json (not an evaluation report)")
+        m = json.loads(path.read_text())
+        for name, r in m["checkpoints"].items():
+            by_dataset.setdefault(m["dataset"], {}).setdefault(name, {}).update(r)
+    return "\n".join(f"## {ds}\n\n{table(rows)}" for ds, rows in by_dataset.items())

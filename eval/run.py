@@ -1,0 +1,202 @@
+"""One evaluation: dataset -> aligned faces (cached) -> per checkpoint: features (cached), protocols, Grad-CAM
+-> report."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+from pathlib import Path
+
+import numpy as np
+
+from eval import report as R
+from eval.backbones import load_backbone
+from eval.datasets import Dataset, limit
+from eval.faces import aligned_faces, alignment_counts
+from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
+from eval.metrics import confusion
+from eval.probe import extract_features, fine_tune, linear_probe
+from preprocess.cache import load_npz, save_npz
+from preprocess.face_geometry import TEMPLATE_UNIT, crop_region
+from preprocess.regions import resolve_device
+
+
+def _spec_key(spec: str) -> str:
+    p = Path(spec.split("=", 1)[-1])
+    if p.is_file():
+        st = p.stat()
+        return hashlib.sha1(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return spec
+
+
+def eye_mouth_crops(faces: np.ndarray, size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Eye and mouth crops at the template's positions of aligned faces (Table 5's descriptor input)."""
+    t = TEMPLATE_UNIT * faces.shape[1]
+    iod = t[1, 0] - t[0, 0]
+    eyes_box = np.array([t[0, 0] - 0.45 * iod, t[:2, 1].mean() - 0.3 * iod, t[1, 0] + 0.45 * iod,
+                         t[:2, 1].mean() + 0.3 * iod])
+    mouth_box = np.array([t[3, 0] - 0.25 * iod, t[3:, 1].mean() - 0.35 * iod, t[4, 0] + 0.25 * iod,
+                          t[3:, 1].mean() + 0.35 * iod])
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    eyes = np.stack([crop_region(f, ident, eyes_box, size) for f in faces])
+    mouth = np.stack([crop_region(f, ident, mouth_box, size) for f in faces])
+    return eyes, mouth
+
+
+class Evaluator:
+    """Holds the dataset's aligned faces and computes features per checkpoint (cached on disk)."""
+
+    def __init__(self, ds: Dataset, cfg):
+        self.ds, self.cfg = ds, cfg
+        self.device = resolve_device(cfg.device)
+        self.cache = Path(cfg.cache_dir)
+        self.items = {k: limit(v, cfg.max_images, cfg.seed) for k, v in ds.splits.items()}
+        self.faces, self.how = {}, {}
+        for split, items in self.items.items():
+            if not items:
+                raise ValueError(f"{ds.name}: the {split} split is empty")
+            self.faces[split], self.how[split] = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}")
+
+    def backbone(self, spec: str):
+        if spec.startswith("eyemouth"):
+            return f"eye-mouth descriptor ({spec.partition('=')[2] or 'imagenet'})", None, 1024
+        return load_backbone(spec, self.cfg.arch, self.cfg.seed)
+
+    def features(self, spec: str, backbone, split: str) -> np.ndarray:
+        from eval.faces import cache_key
+
+        key = hashlib.sha1(f"{_spec_key(spec)}|{cache_key(self.items[split])}|{self.cfg.image_size}"
+                           .encode()).hexdigest()[:16]
+        path = self.cache / f"features-{key}.npz"
+        if path.is_file():
+            return load_npz(path)[0]["features"]
+        if backbone is None:  # the eye-mouth descriptor
+            from preprocess.regions import ResNet18Regions
+
+            enc = ResNet18Regions(spec.partition("=")[2], self.device)
+            eyes, mouth = eye_mouth_crops(self.faces[split])
+            f = np.concatenate([enc(eyes[i:i + 256], mouth[i:i + 256]) for i in range(0, len(eyes), 256)])
+            f = f.astype(np.float32)
+        else:
+            f = extract_features(backbone, self.faces[split], self.cfg.image_size, self.device,
+                                 desc=f"features {split}")
+        save_npz(path, {"features": f}, {"spec": spec})
+        return f
+
+
+def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -> dict:
+    """Linear probe and/or fine-tuning for classes (and valence/arousal when the dataset has them)."""
+    ev = Evaluator(ds, cfg)
+    n_classes = len(ds.classes)
+    has_va = any(not math.isnan(it.valence) for it in ev.items["train"])
+    tasks = ["expr", "va"] if cfg.task == "both" else [cfg.task]
+    if "va" in tasks and not has_va:
+        raise ValueError(f"task={cfg.task}: {ds.name} has no valence/arousal labels")
+    protocols = ["linear", "finetune"] if cfg.protocol == "both" else [cfg.protocol]
+    labels = {k: np.array([it.label for it in v], np.int64) for k, v in ev.items.items()}
+    va = {k: np.array([[it.valence, it.arousal] for it in v], np.float32) for k, v in ev.items.items()}
+    va_ok = {k: ~np.isnan(v).any(1) for k, v in va.items()}
+    results, curves, grids, grid_labels = {}, {}, {}, []
+    report_dir.mkdir(parents=True, exist_ok=True)
+    gradcam_idx = _gradcam_images(labels["test"], n_classes, cfg)
+    for spec in specs:
+        name, backbone, width = ev.backbone(spec)
+        row = {}
+        feats = {s: ev.features(spec, backbone, s) for s in ev.items} if "linear" in protocols else None
+        for task in tasks:
+            if task == "expr":
+                targets, sel = labels, {k: slice(None) for k in labels}
+            else:
+                targets, sel = {k: va[k][va_ok[k]] for k in va}, va_ok
+            if "linear" in protocols:
+                r = linear_probe(task, {k: feats[k][sel[k]] for k in feats}, targets, n_classes, cfg, ev.device)
+                row[f"linear_{task}"] = r.metrics
+                curves[f"{name} linear {task}"] = r.curves
+                if task == "expr":
+                    _confusion(r, targets["test"], ds.classes, f"{name} linear", report_dir, row["linear_expr"])
+                    if backbone is not None and cfg.gradcam_per_class:
+                        grids[name] = _gradcam(backbone, r.model, ev.faces["test"][gradcam_idx], cfg, ev.device)
+            if "finetune" in protocols and backbone is not None:
+                faces = {k: ev.faces[k][sel[k]] for k in ev.faces}
+                r = fine_tune(task, backbone, width, faces, targets, n_classes, cfg, ev.device)
+                row[f"finetune_{task}"] = r.metrics
+                curves[f"{name} fine-tune {task}"] = r.curves
+                if task == "expr":
+                    _confusion(r, targets["test"], ds.classes, f"{name} fine-tune", report_dir,
+                               row["finetune_expr"])
+                    if backbone is not None and cfg.gradcam_per_class and name not in grids:
+                        grids[name] = _gradcam(r.model[0], r.model[1], ev.faces["test"][gradcam_idx], cfg,
+                                               ev.device)
+        results[name] = row
+    extra = []
+    if curves:
+        R.curves_png(curves, report_dir / "curves.png")
+        extra.append("![head training curves](curves.png)")
+    if grids:
+        grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
+        R.grid_png(grids, grid_labels, report_dir / "gradcam.png")
+        extra.append("![Grad-CAM](gradcam.png)")
+    extra += [f"![confusion {n}]({p.name})" for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
+    return _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra))
+
+
+def _gradcam_images(y: np.ndarray, n_classes: int, cfg) -> np.ndarray:
+    rng = np.random.default_rng(cfg.seed)
+    picked = []
+    for c in range(n_classes):
+        idx = np.flatnonzero(y == c)
+        picked += rng.permutation(idx)[:cfg.gradcam_per_class].tolist()
+    return np.array(picked, int)
+
+
+def _gradcam(backbone, classifier, faces, cfg, device):
+    from eval.gradcam import grad_cam, overlay
+
+    if len(faces) == 0:
+        return []
+    cams, _ = grad_cam(backbone, classifier, faces, cfg.image_size, device)
+    return [overlay(f, c, cfg.image_size) for f, c in zip(faces, cams)]
+
+
+def _confusion(result, y_true, classes, title, report_dir, metrics):
+    m = confusion(y_true, result.predictions, len(classes))
+    metrics["test"]["confusion"] = m.tolist()
+    R.confusion_png(m, classes, title, report_dir / f"confusion-{R.slug(title)}.png")
+
+
+def _finish(ds, ev, cfg, results, report_dir, extra_md) -> dict:
+    metrics = {"dataset": ds.name, "classes": ds.classes, "config": dataclasses.asdict(cfg),
+               "images": {k: len(v) for k, v in ev.items.items()},
+               "alignment": {k: alignment_counts(v) for k, v in ev.how.items()},
+               "skipped": ds.skipped, "notes": ds.notes, "checkpoints": results}
+    R.write(report_dir, metrics, extra_md)
+    return metrics
+
+
+def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Path | None = None) -> dict:
+    """FR-KNN identification (and pair verification when a pairs.txt is given or found in the folder)."""
+    ev = Evaluator(ds, cfg)
+    items = ev.items["all"]
+    identities = [it.identity for it in items]
+    gallery, probe, people = knn_split(identities, cfg.knn_min_images, cfg.knn_train_fraction, cfg.seed)
+    if len(people) < 2:
+        raise ValueError(f"lfw: fewer than 2 people with >= {cfg.knn_min_images} images")
+    pair_list = read_pairs(pairs, Path(items[0].source).parents[1]) if pairs else []
+    index = {it.source: i for i, it in enumerate(items)}
+    pair_list = [(index.get(str(a)), index.get(str(b)), s) for a, b, s in pair_list]
+    pair_list = [p for p in pair_list if p[0] is not None and p[1] is not None]
+    results = {}
+    for spec in specs:
+        name, backbone, _ = ev.backbone(spec)
+        f = ev.features(spec, backbone, "all")
+        row = {"fr_knn": {"acc": knn_accuracy(f, identities, gallery, probe), "people": len(people),
+                          "gallery": int(len(gallery)), "n": int(len(probe))}}
+        if pair_list:
+            u = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+            sim = np.array([u[a] @ u[b] for a, b, _ in pair_list])
+            row["verification"] = {"acc": verification_accuracy(sim, np.array([s for *_, s in pair_list])),
+                                   "n": len(pair_list)}
+        results[name] = row
+    ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "
+                    f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
+    return _finish(ds, ev, cfg, results, report_dir, "")
