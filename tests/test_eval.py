@@ -1,0 +1,217 @@
+"""Evaluation: metrics by hand, dataset loaders, checkpoint loading, protocols end to end on tiny data."""
+import csv
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from eval import metrics as M
+from eval.settings import EvalConfig
+from preprocess.config import load_config
+from tests.conftest import SHARED
+
+TINY = ["arch=resnet18", "image_size=32", "epochs=2", "batch_size=8", "workers=1", "gradcam_per_class=1"]
+
+
+def config(tmp_path, *overrides):
+    return load_config(EvalConfig, None, [*TINY, f"cache_dir={tmp_path / 'cache'}", *overrides])
+
+
+def test_macro_f1_and_accuracy_by_hand():
+    y = np.array([0, 0, 1, 1, 2])
+    p = np.array([0, 1, 1, 1, 0])
+    # class 0: tp 1, fp 1, fn 1 -> 0.5; class 1: tp 2, fp 1, fn 0 -> 0.8; class 2: 0
+    np.testing.assert_allclose(M.per_class_f1(y, p, 3), [0.5, 0.8, 0.0])
+    assert M.macro_f1(y, p, 3) == pytest.approx((0.5 + 0.8 + 0) / 3)
+    assert M.accuracy(y, p) == pytest.approx(0.6)
+    assert M.confusion(y, p, 3).tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+
+
+def test_ccc_and_rmse_by_hand():
+    t = np.array([0.0, 1.0, 2.0])
+    p = np.array([0.0, 1.0, 3.0])
+    # means 1 and 4/3; var_t 2/3, var_p 14/9; cov 1; ccc = 2 / (2/3 + 14/9 + 1/9) = 6/7
+    assert M.ccc(p, t) == pytest.approx(6 / 7)
+    assert M.ccc(t, t) == pytest.approx(1.0)
+    assert M.rmse(p, t) == pytest.approx(math.sqrt(1 / 3))
+    loss = M.ccc_loss(torch.tensor([[0.0, 5.0], [1.0, 5.0], [3.0, 6.0]]),
+                      torch.tensor([[0.0, 1.0], [1.0, 1.0], [2.0, 2.0]]))
+    assert float(loss) == pytest.approx(((1 - 6 / 7) + (1 - M.ccc([5, 5, 6], [1, 1, 2]))) / 2, rel=1e-5)
+
+
+def test_balanced_softmax_by_hand():
+    logits = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    counts = torch.tensor([90.0, 10.0])
+    labels = torch.tensor([1, 0])
+    want = 0.0
+    for z, y in zip(logits.tolist(), labels.tolist()):
+        a = [z[0] + math.log(90), z[1] + math.log(10)]
+        want += -(a[y] - math.log(math.exp(a[0]) + math.exp(a[1]))) / 2
+    assert float(M.balanced_softmax_loss(logits, labels, counts)) == pytest.approx(want, rel=1e-6)
+
+
+def _face_image(photo, seed, size=160):
+    from preprocess.synthetic import render_frames
+
+    return next(render_frames(photo, 1, (size, size), seed))
+
+
+@pytest.fixture(scope="module")
+def affectnet_dir(tmp_path_factory, photos):
+    """AffectNet's layout and CSV format, with images made here (two photos, labels by photo)."""
+    root = tmp_path_factory.mktemp("affectnet")
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal"]
+    names = list(photos)
+    for split, n in (("training", 24), ("validation", 8)):
+        rows = []
+        for i in range(n):
+            label = [1, 6][i % 2]  # happy, anger
+            rel = f"{100 + i % 3}/{split}_{i}.jpg"
+            p = root / "Manually_Annotated_Images" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), cv2.cvtColor(_face_image(photos[names[i % 2]], i), cv2.COLOR_RGB2BGR))
+            va = (0.8, 0.3) if label == 1 else (-0.6, 0.7)
+            rows.append([rel, 10, 10, 140, 140, "", label, va[0] + 0.01 * i, va[1] - 0.01 * i])
+        rows.append(["100/missing.jpg", 0, 0, 10, 10, "", 1, 0.1, 0.1])       # listed, not there
+        rows.append([rows[0][0], 0, 0, 10, 10, "", 9, -2, -2])               # 'uncertain': dropped
+        rows.append([rows[0][0], 0, 0, 10, 10, "", 12, 0, 0])                # out of range
+        rows.append([rows[1][0], 0, 0, 10, 10, "", 7, -2, -2])               # contempt, no V/A
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header] + rows)
+    return root
+
+
+def test_affectnet_loader_reads_the_csv_format(affectnet_dir):
+    from eval.datasets import affectnet
+
+    ds = affectnet(affectnet_dir, 8, 0.25, 0)
+    assert ds.classes[1] == "happy" and len(ds.classes) == 8
+    assert len(ds.splits["test"]) == 9  # 8 + contempt
+    assert len(ds.splits["train"]) + len(ds.splits["val"]) == 25
+    assert ds.skipped == {"image listed but missing": 2, "class 9 not used": 2, "label out of range": 2}
+    contempt = [it for it in ds.splits["test"] if it.label == 7][0]
+    assert math.isnan(contempt.valence)  # -2 means no V/A
+    ds7 = affectnet(affectnet_dir, 7, 0.25, 0)
+    assert len(ds7.splits["test"]) == 8 and ds7.skipped["class 7 not used"] == 2
+    train_sources = {it.source for it in ds.splits["train"]}
+    assert not train_sources & {it.source for it in ds.splits["val"]}
+
+
+def test_affectnet_end_to_end_both_protocols_and_tasks(affectnet_dir, tmp_path):
+    from eval.__main__ import main
+
+    report = tmp_path / "rep"
+    code = main(["affectnet", str(affectnet_dir), "--ckpt", "random", "--report", str(report), *TINY,
+                 f"cache_dir={tmp_path / 'cache'}", "task=both", "protocol=both", "classes=7"])
+    assert code == 0
+    m = json.loads((report / "metrics.json").read_text())
+    row = m["checkpoints"]["random (resnet18)"]
+    assert set(row) == {"linear_expr", "linear_va", "finetune_expr", "finetune_va"}
+    t = row["linear_expr"]["test"]
+    assert t["n"] == 8 and 0 <= t["f1"] <= 1 and np.array(t["confusion"]).sum() == 8
+    assert -1 <= row["finetune_va"]["test"]["v_ccc"] <= 1 and row["finetune_va"]["test"]["a_rmse"] >= 0
+    assert m["alignment"]["test"].get("landmarks", 0) >= 6  # the made-up faces are found
+    for png in ("curves.png", "gradcam.png"):
+        assert (report / png).stat().st_size > 1000
+    assert "| random (resnet18) |" in (report / "report.md").read_text()
+
+
+def test_alignment_is_cached(affectnet_dir, tmp_path):
+    from eval.datasets import affectnet
+    from eval.faces import aligned_faces
+
+    items = affectnet(affectnet_dir, 8, 0.25, 0).splits["test"]
+    a, how = aligned_faces(items, tmp_path, 1, "t")
+    files = list(tmp_path.glob("faces-*.npz"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+    b, how2 = aligned_faces(items, tmp_path, 1, "t")
+    assert files[0].stat().st_mtime_ns == mtime and np.array_equal(a, b) and how == how2
+
+
+def test_checkpoint_formats(tmp_path):
+    import torchvision
+
+    from eval.backbones import CheckpointError, load_backbone
+    from train.models import Contrastive
+
+    model = Contrastive("resnet18", 64, 16)
+    torch.save({"model": model.state_dict(), "config": {"arch": "resnet18"}}, tmp_path / "last.pt")
+    name, net, width = load_backbone(str(tmp_path / "last.pt"))
+    assert width == 512 and "resnet18" in name
+    torch.testing.assert_close(net.conv1.weight, model.backbone.conv1.weight)
+    tv = torchvision.models.resnet18()
+    torch.save(tv.state_dict(), tmp_path / "tv.pth")
+    torch.testing.assert_close(load_backbone(str(tmp_path / "tv.pth"))[1].layer1[0].conv1.weight,
+                               tv.layer1[0].conv1.weight)
+    official = {f"module.backbone.{k}": v for k, v in tv.state_dict().items()}
+    official.update({"module.projector.0.weight": torch.zeros(3, 3)})
+    torch.save({"state_dict": official}, tmp_path / "official.pth")
+    assert load_backbone(str(tmp_path / "official.pth"))[2] == 512
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_backbone(str(tmp_path / "junk.pt"))
+    partial = {k: v for k, v in tv.state_dict().items() if not k.startswith("layer2.0.conv1")}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="does not fit resnet18"):
+        load_backbone(str(tmp_path / "partial.pth"))
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_backbone(str(tmp_path / "nope.pt"))
+
+
+def test_knn_and_verification_by_hand():
+    from eval.knn import knn_accuracy, knn_split, verification_accuracy
+
+    ids = ["a"] * 10 + ["b"] * 10 + ["c"] * 3
+    feats = np.array([[1.0, 0.1 * i] for i in range(10)] + [[0.1 * i, 1.0] for i in range(10)] +
+                     [[-1.0, 0.0]] * 3)
+    gallery, probe, people = knn_split(ids, 5, 0.7, 0)
+    assert people == ["a", "b"] and len(gallery) == 14 and len(probe) == 6
+    assert knn_accuracy(feats, ids, gallery, probe) == 1.0
+    sim = np.array([0.9, 0.8, 0.2, 0.1] * 5)
+    same = np.array([True, True, False, False] * 5)
+    assert verification_accuracy(sim, same) == 1.0
+
+
+def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
+    from eval.__main__ import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["fer2013", str(tmp_path / "empty"), "--ckpt", "random"]) == 2
+    assert main(["lfw", str(tmp_path / "missing"), "--ckpt", "random"]) == 2
+    assert main(["folder", str(tmp_path / "empty"), "--ckpt", "random"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("error: ") for line in err)
+
+
+def test_report_join(tmp_path):
+    from eval.report import join
+
+    for name, ds, section in (("a", "fer2013", "linear_expr"), ("b", "lfw", "fr_knn")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps(
+            {"dataset": ds, "checkpoints": {"ck": {section: {"test": {"f1": 0.5, "acc": 0.25}} if ds == "fer2013"
+                                                   else {"acc": 0.4}}}}))
+    text = join([tmp_path / "a", tmp_path / "b"])
+    assert "## fer2013" in text and "| ck | 50.0% | 25.0% |" in text and "| ck | 40.0% |" in text
+
+
+@pytest.mark.skipif(not (SHARED / "fer2013").is_dir(), reason="../shared/data not present")
+def test_real_fer2013_and_lfw(tmp_path):
+    from eval.__main__ import main
+
+    common = [*TINY, f"cache_dir={tmp_path / 'cache'}", "protocol=linear", "epochs=3"]
+    assert main(["fer2013", str(SHARED / "fer2013"), "--ckpt", "random", "--report", str(tmp_path / "fer"),
+                 "max_images=1500", *common]) == 0
+    m = json.loads((tmp_path / "fer" / "metrics.json").read_text())
+    t = m["checkpoints"]["random (resnet18)"]["linear_expr"]["test"]
+    assert t["n"] == 1500 and 0 < t["acc"] < 1
+    assert main(["lfw", str(SHARED / "lfw-20"), "--ckpt", "random", "--report", str(tmp_path / "lfw"),
+                 *common]) == 0
+    knn = json.loads((tmp_path / "lfw" / "metrics.json").read_text())["checkpoints"]["random (resnet18)"]["fr_knn"]
+    assert knn["people"] == 62 and 1 / 62 < knn["acc"] < 1
