@@ -20,7 +20,7 @@ EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPOR
 	protocol=$(PROTOCOL) task=$(TASK) $(ARGS)
 
 .PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-lfw eval-folder report test \
-	bench-shards bench-train bench-eval
+	bench-shards bench-train bench-eval experiment
 
 help:
 	@echo "make demo                       the pipeline on a synthetic corpus it makes (shards + pretraining for now)"
@@ -94,3 +94,6 @@ bench-train: setup
 
 bench-eval: setup
 	$(PY) bench/bench_eval.py $(ARGS)
+
+experiment: setup
+	$(PY) bench/experiment.py $(ARGS)
