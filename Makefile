@@ -23,7 +23,7 @@ EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPOR
 	bench-shards bench-train bench-eval experiment
 
 help:
-	@echo "make demo                       the pipeline on a synthetic corpus it makes (shards + pretraining for now)"
+	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
 	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
@@ -51,12 +51,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q -e '.[test]'
 	touch $@
 
-DEMO := build/demo
 demo: setup
-	@[ -n "$(DATA)" ] || [ -d $(DEMO)/corpus ] || $(PY) -m preprocess.synthetic $(DEMO)/corpus
-	$(PY) -m preprocess build "$(if $(DATA),$(DATA),$(DEMO)/corpus)" $(DEMO)/shards region_descriptor=landmarks
-	$(PY) -m train $(DEMO)/shards $(DEMO)/run --preset sslfer arch=resnet18 image_size=64 batch_size=16 \
-	  anchors_per_clip=8 warm_epochs=2 max_steps=60 workers=1 $(ARGS)
+	$(PY) -m eval.demo $(if $(DATA),--data "$(DATA)") $(ARGS)
 
 shards: setup
 	@if [ -z "$(DATA)" ]; then echo "usage: make shards DATA=<corpus folder or CSV> [SHARDS=<out>]"; exit 2; fi

@@ -69,7 +69,7 @@ def main():
         fmt = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
         rows.append(f"| {preset} | {len(cs)} | {fmt(f1)} | {fmt(acc)} | {fmt(knn)} |")
     n_test = next(iter(fer.values()))["linear_expr"]["test"]["n"]
-    table = "\n".join([f"| pretraining | runs | FER2013 linear F1 (%) | FER2013 linear Acc (%) | LFW-20 FR-KNN (%) ↓ |",
+    table = "\n".join(["| pretraining | runs | FER2013 linear F1 (%) | FER2013 linear Acc (%) | LFW-20 FR-KNN (%) ↓ |",
                        "|---|---:|---:|---:|---:|", *rows])
     (out / "results.md").write_text(table + f"\n\nFER2013 test images: {n_test}\n")
     (out / "per_run.json").write_text(json.dumps(per_run, indent=2))

@@ -15,7 +15,7 @@ from preprocess import faceswap as fs
 from preprocess.cache import StepCache, atomic_write_bytes, digest, fingerprint, load_npz
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, select_part
-from preprocess.faces import reject, run_faces
+from preprocess.faces import run_faces
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig
 

@@ -94,3 +94,56 @@ if __name__ == "__main__":
     a = p.parse_args()
     made = make_corpus(Path(a.out), a.speakers, a.clips, a.seconds)
     print(f"{len(made)} clips in {a.out}")
+
+
+EXPRESSIONS = ("neutral", "smile", "surprise")
+
+
+def _warp_expression(rgb: np.ndarray, landmarks: np.ndarray, expression: str) -> np.ndarray:
+    """Move facial landmarks as an expression would (mouth corners out and up; or mouth open, brows and lids
+    up) with a smooth displacement field around them."""
+    from preprocess.face_geometry import inter_ocular
+
+    if expression == "neutral":
+        return rgb
+    iod = inter_ocular(landmarks)
+    lm = landmarks[:, :2]
+    moves = {"smile": {61: (-0.14, -0.10), 291: (0.14, -0.10), 0: (0, -0.03), 17: (0, 0.02)},
+             "surprise": {13: (0, -0.10), 0: (0, -0.08), 14: (0, 0.22), 17: (0, 0.25), 105: (0, -0.14),
+                          334: (0, -0.14), 159: (0, -0.06), 386: (0, -0.06)}}[expression]
+    h, w = rgb.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = np.zeros_like(xs), np.zeros_like(ys)
+    sigma2 = (0.22 * iod) ** 2
+    for idx, (mx, my) in moves.items():
+        cx, cy = lm[idx]
+        g = np.exp(-((xs - cx) ** 2 + (ys - cy) ** 2) / (2 * sigma2))
+        dx += g * mx * iod
+        dy += g * my * iod
+    return cv2.remap(rgb, xs - dx, ys - dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def make_expression_sets(root: Path, identities: int = 4, per_class: int = 12, seed: int = 0) -> tuple[Path, Path]:
+    """Labelled images for the demo's evaluation: `expressions/<class>/*.jpg` (neutral, smile, surprise made by
+    warping the face around its landmarks) and the same images as `identities/<Name>/<Name>_NNNN.jpg` (LFW
+    layout, for FR-KNN)."""
+    from preprocess.landmarks import FaceTracker
+
+    photos = list(face_photos().values())
+    expr_dir, id_dir = root / "expressions", root / "identities"
+    with FaceTracker(1, 8, 0.3) as tracker:
+        for person in range(identities):
+            name = f"person{person}"
+            frames = render_frames(photos[person % len(photos)], per_class * len(EXPRESSIONS), (192, 192),
+                                   seed + person, 1.0, (person // len(photos)) * 25)
+            for i, frame in enumerate(frames):
+                tracker.previous = None
+                det = tracker.detect(frame)
+                if det.landmarks is None:
+                    continue
+                expression = EXPRESSIONS[i % len(EXPRESSIONS)]
+                img = cv2.cvtColor(_warp_expression(frame, det.landmarks, expression), cv2.COLOR_RGB2BGR)
+                for path in (expr_dir / expression / f"{name}_{i:04d}.jpg", id_dir / name / f"{name}_{i + 1:04d}.jpg"):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    cv2.imwrite(str(path), img)
+    return expr_dir, id_dir
