@@ -29,6 +29,8 @@ def main():
     p.add_argument("--out", default="build/experiment")
     p.add_argument("--presets", default="simclr,sslfer")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--extra-presets", default="", help="more presets (e.g. the single toggles), run with --extra-seeds")
+    p.add_argument("--extra-seeds", default="0")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=32, help="anchors per step")
     p.add_argument("--size", type=int, default=64)
@@ -39,14 +41,15 @@ def main():
     shards = out / "shards"
     run([py, "-m", "preprocess", "build", str(SHARED / "talking-faces"), str(shards), "region_descriptor=landmarks"])
     ckpts: dict[str, list[str]] = {"random": ["random"]}
-    for preset in a.presets.split(","):
-        for seed in a.seeds.split(","):
-            run_dir = out / "runs" / f"{preset}-s{seed}"
-            if not (run_dir / "backbone.pt").is_file():
-                run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
-                     f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
-                     f"seed={seed}", "workers=1", "log_every=10"])
-            ckpts.setdefault(preset, []).append(str(run_dir / "backbone.pt"))
+    plan = [(p_, s_) for p_ in a.presets.split(",") for s_ in a.seeds.split(",")]
+    plan += [(p_, s_) for p_ in a.extra_presets.split(",") if p_ for s_ in a.extra_seeds.split(",")]
+    for preset, seed in plan:
+        run_dir = out / "runs" / f"{preset}-s{seed}"
+        if not (run_dir / "backbone.pt").is_file():
+            run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
+                 f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
+                 f"seed={seed}", "workers=1", "log_every=10"])
+        ckpts.setdefault(preset, []).append(str(run_dir / "backbone.pt"))
     every = [c for cs in ckpts.values() for c in cs]
     common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=2"]
     flags = [x for c in every for x in ("--ckpt", c)]

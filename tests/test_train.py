@@ -112,6 +112,9 @@ def test_stream_batches_follow_timeaug_and_hardneg(train_shards):
     offsets = np.concatenate([x["offset"] for x in batches])
     assert np.abs(offsets).max() <= 1.0 + 1e-6
     assert (offsets != 0).any()
+    augmented = next(iter(ShardStream(shard_paths(train_shards), cfg, 0, 1, 1, 0, 8, 4, augment_here=True)))
+    assert "images" not in augmented and augmented["views"].shape == (2 * m, 3, 32, 32)
+    assert augmented["views"].dtype == torch.float32
     # every anchor's hard negative is its own speaker's (or counted as missing)
     for x in batches:
         anchors, negs = x["speaker"][:8], x["speaker"][8:]

@@ -62,8 +62,9 @@ class ShardStream(torch.utils.data.IterableDataset):
     samples), cycling through them in a seeded order, with a shuffle buffer of clips."""
 
     def __init__(self, shards: list[Path], cfg: TrainConfig, rank: int, world: int, batches: int, epoch: int,
-                 local_anchors: int, n_clips: int):
+                 local_anchors: int, n_clips: int, augment_here: bool = False):
         self.shards, self.cfg, self.rank, self.world, self.n_clips = shards, cfg, rank, world, n_clips
+        self.augment_here = augment_here  # CPU training: augment in the loader workers, in parallel
         self.batches, self.epoch, self.local_anchors = batches, epoch, local_anchors
 
     def _reader_share(self):
@@ -108,6 +109,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         stream = self.samples(readers, reader, rng)
         buffer: list[ClipSample] = []
         uses: list[int] = []
+        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
         for _ in range(quota):
             while len(buffer) < self.cfg.shuffle_clips:
                 try:
@@ -115,7 +117,10 @@ class ShardStream(torch.utils.data.IterableDataset):
                 except StopIteration:
                     break
                 uses.append(0)
-            yield self.make_batch(buffer, uses, rng)
+            batch = self.make_batch(buffer, uses, rng)
+            if self.augment_here:
+                batch["views"] = self.augment(batch.pop("images"), batch["boxes"], gen)
+            yield batch
             for i in sorted((i for i, u in enumerate(uses) if u >= self.cfg.anchors_per_clip), reverse=True):
                 buffer.pop(i)
                 uses.pop(i)
@@ -154,6 +159,13 @@ class ShardStream(torch.utils.data.IterableDataset):
                                 if p.clip is a.clip], np.float32),
             "stats": {**stats, "bad_shards": self.bad_shards},
         }
+
+    def augment(self, images: np.ndarray, boxes: np.ndarray, gen: torch.Generator) -> torch.Tensor:
+        from train.augment import augment
+
+        cfg = self.cfg
+        return augment(torch.from_numpy(images), torch.from_numpy(boxes), cfg.image_size, gen,
+                       cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur, cfg.p_gray)[0]
 
     def positive(self, clip: ClipSample, a: int, rng, stats) -> View:
         cfg = self.cfg

@@ -147,16 +147,20 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
                dynamic_ncols=True)
     t_start = time.time()
     # one stream for the rest of the run: epochs only mark where the schedule and the checkpoint rule look
-    stream = ShardStream(files, cfg, rank, world, total_steps - step, step, local_anchors, n_clips)
+    stream = ShardStream(files, cfg, rank, world, total_steps - step, step, local_anchors, n_clips,
+                         augment_here=not cuda and cfg.workers > 0)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda)
     epoch_top1: list[float] = []
     t_wait = time.perf_counter()
     for batch in loader:
         t_got = time.perf_counter()
-        images = batch["images"].to(device, non_blocking=True)
-        boxes = batch["boxes"].to(device, non_blocking=True)
-        x, _ = augment(images, boxes, cfg.image_size, gen, cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur,
-                       cfg.p_gray)
+        if "views" in batch:  # augmented by the loader workers (CPU training)
+            x = batch["views"]
+        else:
+            images = batch["images"].to(device, non_blocking=True)
+            boxes = batch["boxes"].to(device, non_blocking=True)
+            x, _ = augment(images, boxes, cfg.image_size, gen, cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur,
+                           cfg.p_gray)
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         half = len(x) // 2
