@@ -83,10 +83,10 @@ def encode_jpeg(rgb: np.ndarray, quality: int) -> bytes:
 
 
 def decode_jpeg(b: bytes | memoryview) -> np.ndarray:
-    img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+    img = cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR_RGB)  # RGB straight from the decoder
     if img is None:
         raise ValueError("not a JPEG")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
 
 
 def join_jpegs(jpegs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:

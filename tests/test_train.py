@@ -292,3 +292,32 @@ def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
     with pytest.warns(UserWarning, match="skipping damaged shard shard-000001.tar"):
         batches = list(stream)
     assert len(batches) == 3 and batches[-1]["stats"]["bad_shards"] == 1
+
+
+def test_tar_reader_matches_tarfile_with_long_names(tmp_path):
+    import tarfile
+
+    import webdataset as wds
+
+    from train.data import iter_tar_samples
+
+    path = tmp_path / "t.tar"
+    long_key = "speaker-" + "v" * 120 + "-clip-0123abcd"  # > 100 characters: a pax header carries the name
+    with open(path, "wb") as f, wds.TarWriter(f, encoder=False) as w:
+        for key in ("short-1", long_key, "dir/sub-2"):
+            w.write({"__key__": key, "meta.json": b"{}", "faces.jpgs": key.encode() * 3, "eyes.jpgs": b"xyz"})
+    got = list(iter_tar_samples(path, frozenset({"eyes.jpgs"})))
+    with tarfile.open(path) as tar:
+        names = [m.name for m in tar.getmembers()]
+    assert [g["__key__"] for g in got] == ["short-1", long_key, "dir/sub-2"]
+    assert f"{long_key}.faces.jpgs" in names
+    assert got[1]["faces.jpgs"] == long_key.encode() * 3 and got[1]["eyes.jpgs"] == b""
+    data = path.read_bytes()
+    path.write_bytes(data[:700])
+    with pytest.raises(EOFError):
+        list(iter_tar_samples(path))
+    corrupt = bytearray(data)
+    corrupt[10] ^= 0xFF
+    path.write_bytes(bytes(corrupt))
+    with pytest.raises(ValueError, match="checksum"):
+        list(iter_tar_samples(path))

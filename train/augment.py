@@ -1,6 +1,6 @@
 """Batched augmentations with per-sample random parameters, on whatever device the batch is on (the GPU in
-training; the same code is the CPU path). In the paper's order: landmark mask, resize 128 -> random crop,
-flip, colour jitter, Gaussian blur, grayscale; then ImageNet normalisation. Colour jitter and grayscale are one
+training; the same code is the CPU path). The paper's chain: landmark mask, resize 128 -> random crop, flip,
+colour jitter, Gaussian blur, grayscale; then ImageNet normalisation. Colour jitter and grayscale are one
 affine colour map per image (see colour_matrices); the blur, linear and per channel, commutes with it."""
 from __future__ import annotations
 
@@ -19,15 +19,17 @@ def _rand(n, gen, device, lo=0.0, hi=1.0):
     return torch.rand(n, generator=gen, device=device) * (hi - lo) + lo
 
 
-def landmark_mask(x: torch.Tensor, boxes: torch.Tensor, p: float, gen) -> torch.Tensor:
+def landmark_mask(x: torch.Tensor, boxes: torch.Tensor, p: float, gen, mean: torch.Tensor | None = None,
+                  pad: float | None = None) -> torch.Tensor:
     """With probability p per image, fill an ellipse around its eye box or its mouth box (chosen per image)
-    with the image's mean colour. x float [N,3,H,W] in [0,1]; boxes [N,2,4] in x's pixels."""
+    with the image's mean colour. x float [N,3,H,W] in [0,1]; boxes [N,2,4] in x's pixels; `mean` [N,3,1,1]
+    and `pad` (pixels around the box) default to x's mean and 10 px at 128."""
     n, _, h, w = x.shape
     dev = x.device
     apply = _rand(n, gen, dev) < p
     region = (torch.rand(n, generator=gen, device=dev) < 0.5).long()
     box = boxes[torch.arange(n, device=dev), region]
-    pad = MASK_PAD * h / FACE_SIZE
+    pad = MASK_PAD * h / FACE_SIZE if pad is None else pad
     cx, cy = (box[:, 0] + box[:, 2]) / 2, (box[:, 1] + box[:, 3]) / 2
     ax = ((box[:, 2] - box[:, 0]) / 2 + pad).clamp(min=1)
     ay = ((box[:, 3] - box[:, 1]) / 2 + pad).clamp(min=1)
@@ -35,25 +37,26 @@ def landmark_mask(x: torch.Tensor, boxes: torch.Tensor, p: float, gen) -> torch.
     xs = torch.arange(w, device=dev, dtype=x.dtype).view(1, 1, w) + 0.5
     inside = ((xs - cx.view(n, 1, 1)) / ax.view(n, 1, 1)) ** 2 + ((ys - cy.view(n, 1, 1)) / ay.view(n, 1, 1)) ** 2 <= 1
     inside &= apply.view(n, 1, 1)
-    mean = x.mean(dim=(2, 3), keepdim=True)
-    return torch.where(inside.unsqueeze(1), mean, x)
+    mean = x.mean(dim=(2, 3), keepdim=True) if mean is None else mean
+    return torch.where(inside.unsqueeze(1), mean, x, out=torch.empty_like(x))
 
 
 def resized_crop_flip(x: torch.Tensor, boxes: torch.Tensor, size: int, gen) -> tuple[torch.Tensor, torch.Tensor]:
-    """Resize to round(size * 128/112), take a random size x size crop per image, flip half; boxes follow."""
+    """Resize to round(size * 128/112), take a random size x size crop per image, flip half; boxes follow.
+    Works on uint8 too when no resize is needed (then it stays uint8)."""
     n = len(x)
     dev = x.device
     r = round(size * FACE_SIZE / 112)
     if r != x.shape[-1]:
+        x = x.float() / 255 if x.dtype == torch.uint8 else x
         x = F.interpolate(x, size=(r, r), mode="bilinear", antialias=True, align_corners=False)
     oy = torch.randint(0, r - size + 1, (n,), generator=gen, device=dev)
     ox = torch.randint(0, r - size + 1, (n,), generator=gen, device=dev)
-    c = x.shape[1]
-    rows = (oy[:, None] + torch.arange(size, device=dev)).view(n, 1, size, 1).expand(n, c, size, r)
-    cols = (ox[:, None] + torch.arange(size, device=dev)).view(n, 1, 1, size).expand(n, c, size, size)
-    x = x.gather(2, rows).gather(3, cols)
+    windows = x.unfold(2, size, 1).unfold(3, size, 1)  # a view [n, c, r-size+1, r-size+1, size, size]
+    x = windows[torch.arange(n, device=dev), :, oy, ox]
     flip = _rand(n, gen, dev) < 0.5
-    x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
+    flipped_rows = flip.nonzero().flatten()
+    x[flipped_rows] = x[flipped_rows].flip(-1)
     b = boxes * (r / boxes.new_tensor(FACE_SIZE))
     b = b - torch.stack([ox, oy, ox, oy], 1).view(n, 1, 4).to(b.dtype)
     flipped = torch.stack([size - b[..., 2], b[..., 1], size - b[..., 0], b[..., 3]], -1)
@@ -83,7 +86,7 @@ def colour_matrices(x: torch.Tensor, gen, p_colour: float, p_gray: float, streng
     contrast = _rand(n, gen, dev, 1 - c_, 1 + c_).view(n, 1, 1)
     sat = _rand(n, gen, dev, 1 - s_, 1 + s_).view(n, 1, 1)
     theta = _rand(n, gen, dev, -h_, h_) * 2 * math.pi
-    mean_gray = _gray(x).mean(dim=(1, 2, 3)).view(n, 1)
+    mean_gray = (x.mean(dim=(2, 3)) @ x.new_tensor(GRAY)).view(n, 1)
     a = bright * eye                                        # brightness
     c = (1 - contrast.view(n, 1)) * bright.view(n, 1) * mean_gray  # contrast about the mean gray
     a = contrast * a
@@ -105,7 +108,8 @@ def colour_matrices(x: torch.Tensor, gen, p_colour: float, p_gray: float, streng
 
 
 def apply_colour(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    return (torch.einsum("nij,njhw->nihw", a, x) + c.view(-1, 3, 1, 1)).clamp(0, 1)
+    n, ch, h, w = x.shape
+    return torch.baddbmm(c.view(n, 3, 1), a, x.reshape(n, ch, h * w)).clamp_(0, 1).view(n, ch, h, w)
 
 
 def gaussian_blur(x: torch.Tensor, p: float, gen, sigma=(0.1, 2.0)) -> torch.Tensor:
@@ -134,12 +138,18 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Gen
             p_mask=0.8, p_colour=0.8, p_blur=0.5, p_gray=0.2) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,3,128,128] faces and their [N,2,4] eye/mouth boxes -> normalised float [N,3,size,size] views
     and the boxes in view pixels."""
-    x = images.float() / 255
-    x = landmark_mask(x, boxes, p_mask, gen)
-    x, boxes = resized_crop_flip(x, boxes, size, gen)
+    n, _, h, w = images.shape
+    # the mask is drawn after the crop, with the boxes moved and the whole image's mean: the same pixels as
+    # masking first, with the crop done on uint8 and less to convert to float
+    mean = images.sum(dim=(2, 3), keepdim=True, dtype=torch.float32) / (255.0 * h * w)
+    r = round(size * FACE_SIZE / 112)
+    x, boxes = resized_crop_flip(images, boxes, size, gen)
+    x = x.float().div_(255) if x.dtype == torch.uint8 else x
+    x = landmark_mask(x, boxes, p_mask, gen, mean, MASK_PAD * r / FACE_SIZE)
     x = apply_colour(x, *colour_matrices(x, gen, p_colour, p_gray))
     x = gaussian_blur(x, p_blur, gen)  # linear and per channel: commutes with the colour map
-    return normalize(x), boxes
+    x.sub_(x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).div_(x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1))
+    return x, boxes
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:

@@ -21,21 +21,61 @@ from train.sampling import hard_negative, timeaug_positive
 from train.settings import TrainConfig
 
 
+def _tar_files(f, skip_ext: frozenset) -> Iterator[tuple[str, bytes]]:
+    """(name, content) of the regular files of a tar stream, b"" for those whose extension is in skip_ext
+    (seeked over, not read). A small reader: the tarfile module costs ~40 us per member, and a clip sample has
+    14 members. Handles ustar prefixes and pax long names; raises ValueError on a damaged header, EOFError on a
+    truncated file."""
+    long_name = None
+    while True:
+        header = f.read(512)
+        if len(header) < 512:
+            raise EOFError("truncated tar (no end-of-archive marker)")
+        if header.count(0) == 512:
+            return
+        stored = int(header[148:156].strip(b"\0 ") or b"-1", 8)
+        if stored != sum(header[:148]) + 256 + sum(header[156:]):
+            raise ValueError("damaged tar header (checksum)")
+        size = int(header[124:136].strip(b"\0 ") or b"0", 8)
+        kind = header[156:157]
+        name = header[:100].rstrip(b"\0").decode()
+        prefix = header[345:500].rstrip(b"\0").decode() if header[257:262] == b"ustar" else ""
+        name = f"{prefix}/{name}" if prefix else name
+        padded = (size + 511) // 512 * 512
+        if kind == b"x":  # pax header: records "<len> key=value\n"; only the path matters here
+            data = f.read(padded)[:size].decode()
+            for record in data.splitlines():
+                key_value = record.split(" ", 1)[1] if " " in record else ""
+                if key_value.startswith("path="):
+                    long_name = key_value[5:]
+            continue
+        name, long_name = long_name or name, None
+        if kind not in (b"0", b"\0") or name.rsplit("/", 1)[-1].split(".", 1)[-1] in skip_ext:
+            f.seek(padded, 1)
+            if kind in (b"0", b"\0"):
+                yield name, b""
+            continue
+        data = f.read(padded)
+        if len(data) < padded:
+            raise EOFError(f"truncated tar (in {name})")
+        yield name, data[:size]
+
+
 def iter_tar_samples(path: Path, skip: frozenset = frozenset()) -> Iterator[dict]:
     """Raw WebDataset samples of one tar (files grouped by key, in order), without reading the files whose
     extension is in `skip`. Raises on a damaged tar."""
     current: dict | None = None
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if not member.isfile():
+    with open(path, "rb", buffering=1 << 20) as f:
+        for name, data in _tar_files(f, skip):
+            base = name.rsplit("/", 1)[-1]
+            if "." not in base:
                 continue
-            base = member.name.rsplit("/", 1)[-1]
-            key, ext = member.name[: len(member.name) - len(base)] + base.split(".", 1)[0], base.split(".", 1)[1]
+            key, ext = name[: len(name) - len(base)] + base.split(".", 1)[0], base.split(".", 1)[1]
             if current is None or current["__key__"] != key:
                 if current is not None:
                     yield current
                 current = {"__key__": key}
-            current[ext] = b"" if ext in skip else tar.extractfile(member).read()
+            current[ext] = data
     if current is not None:
         yield current
 
