@@ -36,11 +36,10 @@ from train.settings import TrainConfig, preset_path  # noqa: E402
 class OfficialStyleDataset(torch.utils.data.Dataset):
     """Per-sample work as the authors' loader does it: files on disk, landmarks every time, PIL transforms."""
 
-    def __init__(self, frames_dir: Path, clips: list[list[Path]], size: int):
+    def __init__(self, clips: list[list[Path]], size: int):
         self.clips, self.size = clips, size
         self.mesh = None
-        all_frames = [f for c in clips for f in c]
-        self.donors = all_frames
+        self.donors = [f for c in clips for f in c]
 
     def _landmarks(self, rgb: np.ndarray) -> np.ndarray | None:
         if self.mesh is None:
@@ -158,7 +157,7 @@ def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int,
     main_process = time_batches(loader, n_ours, 2, lambda b: augment(b["images"], b["boxes"], size, gen))
     with tempfile.TemporaryDirectory() as tmp:
         clips = export_frames(shards, Path(tmp))
-        base_loader = torch.utils.data.DataLoader(OfficialStyleDataset(Path(tmp), clips, size),
+        base_loader = torch.utils.data.DataLoader(OfficialStyleDataset(clips, size),
                                                   batch_size=anchors, num_workers=workers, shuffle=True)
         base = time_batches(base_loader, n_base, 1)
     return {"ours": ours, "main_process": main_process, "baseline": base, "images": 4 * anchors}

@@ -119,8 +119,7 @@ def fer2013(root: Path, val_fraction: float, test_fraction: float, seed: int) ->
                     continue
                 splits[split].append(Item(f"{csv_path.name}:{n}", label, pixels=row["pixels"]))
         return Dataset("fer2013", FER2013_CLASSES, splits, skipped)
-    ds = image_folder(root, "fer2013", val_fraction, test_fraction, seed)
-    return ds
+    return image_folder(root, "fer2013", val_fraction, test_fraction, seed)
 
 
 def _affectnet_csv(path: Path, images: Path, n_classes: int, skipped: dict) -> list[Item]:

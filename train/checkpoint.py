@@ -2,26 +2,20 @@
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from preprocess.cache import atomic_write_bytes
+
 
 def atomic_save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.fchmod(fd, 0o644)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def rng_state() -> dict:
