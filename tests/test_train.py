@@ -19,7 +19,7 @@ from train import augment as aug
 from train.settings import TrainConfig, preset_names, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["arch=resnet18", "proj_hidden=64", "batch_size=4", "image_size=32", "workers=0", "shuffle_clips=8"]
+TINY = ["arch=resnet18", "proj_hidden=64", "batch_size=4", "image_size=32", "workers=0"]
 
 
 @pytest.fixture(scope="module")
@@ -98,39 +98,54 @@ def test_augment_is_per_sample_and_runs_the_whole_chain():
     assert per_image.std() > 0.01  # identical inputs, different random parameters per image
 
 
-def test_stream_batches_follow_timeaug_and_hardneg(train_shards):
-    from train.data import ShardStream
+def stream(shards, cfg, rank=0, world=1, start=0, end=5, **kw):
+    from preprocess.schema import read_manifest
+    from train.data import BatchStream, ShardIndex, anchors_per_step
+    from train.plan import steps_per_epoch
 
+    index = ShardIndex.build(Path(shards), read_manifest(shards))
+    spe = steps_per_epoch(len(index), anchors_per_step(cfg), cfg.anchors_per_clip)
+    return BatchStream(index, cfg, rank, world, start, end, spe, **kw)
+
+
+def test_stream_batches_follow_timeaug_and_hardneg(train_shards):
     cfg = config("sslfer", "batch_size=8", "anchors_per_clip=4")
-    stream = ShardStream(shard_paths(train_shards), cfg, 0, 1, 5, 0, 8, 4)
-    batches = list(stream)
-    assert len(batches) == 5
+    batches = list(stream(train_shards, cfg))
+    assert len(batches) == 5 and [b["step"] for b in batches] == list(range(5))
     b = batches[0]
-    m = 16  # 8 anchors + 8 hard-negative instances
+    m = 8  # batch_size counts instances: 4 anchors + their 4 hard negatives
     assert b["images"].shape == (2 * m, 3, 128, 128) and b["images"].dtype == np.uint8
     assert b["boxes"].shape == (2 * m, 2, 4) and b["region"].shape == (2 * m, 1024) and len(b["speaker"]) == m
+    assert b["clip"].shape == b["time"].shape == (2 * m,)
+    assert all(x["stats"]["distinct_clips"] == 4 for x in batches)  # the corpus has 4 clips: all distinct
     offsets = np.concatenate([x["offset"] for x in batches])
     assert np.abs(offsets).max() <= 1.0 + 1e-6
     assert (offsets != 0).any()
-    augmented = next(iter(ShardStream(shard_paths(train_shards), cfg, 0, 1, 1, 0, 8, 4, augment_here=True)))
+    augmented = next(iter(stream(train_shards, cfg, end=1, augment_here=True)))
     assert "images" not in augmented and augmented["views"].shape == (2 * m, 3, 32, 32)
     assert augmented["views"].dtype == torch.float32
-    # every anchor's hard negative is its own speaker's (or counted as missing)
-    for x in batches:
-        anchors, negs = x["speaker"][:8], x["speaker"][8:]
-        assert (anchors == negs).sum() + x["stats"]["hardneg_missing"] >= 8
+    for x in batches:  # a hard negative: its anchor's speaker, and >= T2 away when from the same clip
+        assert (x["speaker"][:4] == x["speaker"][4:]).sum() + x["stats"]["hardneg_missing"] >= 4
+        same_clip = x["clip"][:4] == x["clip"][4:8]
+        assert (np.abs(x["time"][:4] - x["time"][4:8])[same_clip] >= cfg.hardneg_gap - 1e-6).all()
 
 
-def test_every_rank_and_worker_gets_its_quota(train_shards):
-    from train.data import ShardStream
-
+def test_a_step_is_the_same_whatever_the_ranks_and_workers(train_shards):
+    """The global batch of a step (its anchors' clips and frames) depends on the seed and the step only; with
+    W workers a rank still gets its steps in order."""
     cfg = config("simclr", "batch_size=4")
-    for world in (1, 2, 3):
+    one = [b["clip"][:4].tolist() for b in stream(train_shards, cfg, end=7)]
+    for world in (2, 4):
+        per_rank = []
         for rank in range(world):
-            loader = torch.utils.data.DataLoader(
-                ShardStream(shard_paths(train_shards), cfg, rank, world, 7, 0, 4 // world or 1, 4),
-                batch_size=None, num_workers=2)
-            assert sum(1 for _ in loader) == 7
+            loader = torch.utils.data.DataLoader(stream(train_shards, cfg, rank, world, end=7), batch_size=None,
+                                                 num_workers=2)
+            got = list(loader)
+            assert [b["step"] for b in got] == list(range(7))
+            per_rank.append([b["clip"][: 4 // world].tolist() for b in got])
+        assert [sum((r[s] for r in per_rank), []) for s in range(7)] == one
+    resumed = [b["clip"][:4].tolist() for b in stream(train_shards, cfg, start=3, end=7)]
+    assert resumed == one[3:]
 
 
 def _ddp_worker(rank, world, init_file, queue):
@@ -147,10 +162,23 @@ def _ddp_worker(rank, world, init_file, queue):
     mine = torch.cat([inst[0, rank * n:(rank + 1) * n], inst[1, rank * n:(rank + 1) * n]])
     reg = region.view(2, -1, region.shape[1])
     my_reg = torch.cat([reg[0, rank * n:(rank + 1) * n], reg[1, rank * n:(rank + 1) * n]])
-    out = contrastive_step(ddp(mine), my_reg, speaker[rank * n:(rank + 1) * n], cfg)
+    clip, time_ = _clips_and_times()
+    ct = clip.view(2, -1)
+    tt = time_.view(2, -1)
+    my_clip = torch.cat([ct[0, rank * n:(rank + 1) * n], ct[1, rank * n:(rank + 1) * n]])
+    my_time = torch.cat([tt[0, rank * n:(rank + 1) * n], tt[1, rank * n:(rank + 1) * n]])
+    out = contrastive_step(ddp(mine), my_reg, speaker[rank * n:(rank + 1) * n], my_clip, my_time, cfg)
     out["loss"].backward()
     queue.put((rank, float(out["loss"]), [p.grad.clone() for p in model.parameters()]))
     tdist.destroy_process_group()
+
+
+def _clips_and_times():
+    """Views' clips and times: instances 0 and 4 are one clip 1 s apart (near-duplicates, masked), 1 and 5 one
+    clip 5 s apart (a hard negative)."""
+    clip = torch.tensor([0, 1, 2, 3, 0, 1, 6, 7]).repeat(2)
+    time_ = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0, 5.0, 0.0, 0.0]).repeat(2)
+    return clip, time_
 
 
 def _ddp_problem():
@@ -165,7 +193,7 @@ def _ddp_problem():
 def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
 
-    from train.losses import false_negatives, info_nce
+    from train.losses import false_negatives, info_nce, near_duplicates
 
     cfg = config("sslfer", "temperature=0.2")
     world = 2
@@ -185,7 +213,11 @@ def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     positive = torch.cat([r * 2 * n + (torch.arange(2 * n) + n) % (2 * n) for r in range(world)])
     spk = torch.cat([speaker[r * n:(r + 1) * n].repeat(2) for r in range(world)])
     fn = false_negatives(region[order], positive, spk, cfg.n_fn)
-    ref = info_nce(model(x[order]), positive, cfg.temperature, fn, cfg.fn_weight, cfg.positive_in_denominator)
+    clip, time_ = _clips_and_times()
+    ignore = near_duplicates(clip[order], time_[order], cfg.hardneg_gap)
+    assert ignore.sum() > 8  # the masked pairs are part of what the ranks must agree on
+    ref = info_nce(model(x[order]), positive, cfg.temperature, fn, cfg.fn_weight, cfg.positive_in_denominator,
+                   ignore)
     ref["loss"].backward()
     for rank, loss, grads in results:
         assert loss == pytest.approx(float(ref["loss"].detach()), rel=1e-5)
@@ -281,17 +313,35 @@ def test_bad_shards_folder_gives_one_line_errors(tmp_path, train_shards):
 
 
 def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
-    from train.data import ShardStream
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from preprocess.schema import read_manifest
+    from train.data import BatchStream, ShardIndex
 
     copy = tmp_path / "copy"
     shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
     good = shard_paths(copy)[0]
-    bad = copy / "shard-000001.tar"
-    bad.write_bytes(good.read_bytes()[:5000])  # a truncated tar
-    stream = ShardStream([good, bad], config("simclr"), 0, 1, 3, 0, 4, 4)
-    with pytest.warns(UserWarning, match="skipping damaged shard shard-000001.tar"):
-        batches = list(stream)
-    assert len(batches) == 3 and batches[-1]["stats"]["bad_shards"] == 1
+    (copy / "shard-000001.tar").write_bytes(good.read_bytes()[:5000])  # a truncated copy under new keys' shard
+    t = pq.read_table(copy / "manifest.parquet")
+    moved = t.set_column(t.schema.get_field_index("key"), "key",
+                         pa.array([k + "-b" for k in t.column("key").to_pylist()]))
+    moved = moved.set_column(moved.schema.get_field_index("shard"), "shard",
+                             pa.array(["shard-000001.tar"] * moved.num_rows))
+    pq.write_table(pa.concat_tables([t, moved]).replace_schema_metadata(t.schema.metadata),
+                   copy / "manifest.parquet")
+    index = ShardIndex.build(copy, read_manifest(copy))
+    assert len(index) == 4 and any("shard-000001.tar" in p for p in index.problems)
+    assert any("4 clip(s) of the manifest are in no readable shard" in p for p in index.problems)
+    assert len(list(BatchStream(index, config("simclr"), 0, 1, 0, 3, 1))) == 3
+    # a sample that is not where the index says (the shard changed after indexing) is replaced, and counted
+    index.start[0] += 512
+    with pytest.warns(UserWarning, match="skipping unreadable clip"):
+        batches = list(BatchStream(index, config("simclr", "batch_size=4"), 0, 1, 0, 2, 1))
+    assert sum(b["stats"]["unreadable"] for b in batches) >= 1
+    index.start[:] += 1  # nothing readable: a clear error
+    with pytest.raises(RuntimeError, match="no readable clip sample"):
+        list(BatchStream(index, config("simclr", "batch_size=4"), 0, 1, 0, 1, 1))
 
 
 def test_tar_reader_matches_tarfile_with_long_names(tmp_path):

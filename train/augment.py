@@ -98,6 +98,7 @@ def colour_matrices(x: torch.Tensor, gen, p_colour: float, p_gray: float, streng
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
     hue = torch.linalg.inv(yiq) @ rot @ yiq
     a, c = hue @ a, (hue @ c.view(n, 1, 1).expand(n, 3, 1)).view(n, 3)
+    p_colour = p_colour.to(dev) if torch.is_tensor(p_colour) else p_colour  # a probability, or one per image
     jitter = (_rand(n, gen, dev) < p_colour).view(n, 1, 1)
     a = torch.where(jitter, a, eye)
     c = torch.where(jitter.view(n, 1), c, torch.zeros_like(c))
@@ -112,12 +113,12 @@ def apply_colour(x: torch.Tensor, a: torch.Tensor, c: torch.Tensor) -> torch.Ten
     return torch.baddbmm(c.view(n, 3, 1), a, x.reshape(n, ch, h * w)).clamp_(0, 1).view(n, ch, h, w)
 
 
-def gaussian_blur(x: torch.Tensor, p: float, gen, sigma=(0.1, 2.0)) -> torch.Tensor:
-    """Separable Gaussian blur, sigma uniform per image, kernel ~10% of the side (odd), with probability p
-    (computed only for the images drawn)."""
+def gaussian_blur(x: torch.Tensor, p: float, gen, sigma=(0.1, 2.0), kernel: int = 0) -> torch.Tensor:
+    """Separable Gaussian blur, sigma uniform per image, with probability p (computed only for the images
+    drawn); kernel side `kernel` (odd), or 0 for ~10% of the image side."""
     n, c, h, w = x.shape
     dev = x.device
-    k = max(3, int(0.1 * h) // 2 * 2 + 1)
+    k = kernel if kernel > 0 else max(3, int(0.1 * h) // 2 * 2 + 1)
     s = _rand(n, gen, dev, *sigma)
     chosen = torch.nonzero(_rand(n, gen, dev) < p).flatten()
     if len(chosen) == 0:
@@ -135,9 +136,9 @@ def gaussian_blur(x: torch.Tensor, p: float, gen, sigma=(0.1, 2.0)) -> torch.Ten
 
 
 def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Generator | None,
-            p_mask=0.8, p_colour=0.8, p_blur=0.5, p_gray=0.2) -> tuple[torch.Tensor, torch.Tensor]:
+            p_mask=0.8, p_colour=0.8, p_blur=0.5, p_gray=0.2, blur_kernel=0) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 [N,3,128,128] faces and their [N,2,4] eye/mouth boxes -> normalised float [N,3,size,size] views
-    and the boxes in view pixels."""
+    and the boxes in view pixels. p_colour: one probability, or a tensor of one per image."""
     n, _, h, w = images.shape
     # the mask is drawn after the crop, with the boxes moved and the whole image's mean: the same pixels as
     # masking first, with the crop done on uint8 and less to convert to float
@@ -147,7 +148,7 @@ def augment(images: torch.Tensor, boxes: torch.Tensor, size: int, gen: torch.Gen
     x = x.float().div_(255) if x.dtype == torch.uint8 else x
     x = landmark_mask(x, boxes, p_mask, gen, mean, MASK_PAD * r / FACE_SIZE)
     x = apply_colour(x, *colour_matrices(x, gen, p_colour, p_gray))
-    x = gaussian_blur(x, p_blur, gen)  # linear and per channel: commutes with the colour map
+    x = gaussian_blur(x, p_blur, gen, kernel=blur_kernel)  # linear and per channel: commutes with the colour map
     x.sub_(x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).div_(x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1))
     return x, boxes
 

@@ -1,14 +1,17 @@
-"""Streaming batches from the shards: plain iterator stages (shard list -> samples -> shuffle buffer -> batches).
+"""Batches from the shards: index the shards once (where each clip sample lies), plan which clips give each
+step's anchors (train/plan.py), then per step read those clips and assemble the views.
 
-A batch holds M instances, each with two views: view a (rows 0..M-1) is the anchor frame, view a+M its positive
-(TimeAug frame, maybe its FaceSwap composite or a CutMix). With HardNeg, every anchor brings a second instance:
-a frame of the same speaker >= T2 away with its own positive, so M = 2 x anchors."""
+A batch holds M instances, each with two views: rows 0..M-1 are the first views (anchors, and with HardNeg their
+hard negatives), rows M..2M-1 their positives (TimeAug frame, maybe its FaceSwap composite or a CutMix).
+`batch_size` counts instances: with HardNeg half of them are hard negatives (a frame of the same speaker >= T2
+away, with its own positive). Everything random in a step comes from (seed, step, rank), so any step can be
+made again exactly: resuming needs only the step number."""
 from __future__ import annotations
 
-import hashlib
-import math
+import io
 import tarfile
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -17,17 +20,26 @@ import numpy as np
 import torch
 
 from preprocess.schema import ClipSample, SchemaError
+from train.plan import epoch_plan
 from train.sampling import hard_negative, timeaug_positive
 from train.settings import TrainConfig
 
+STEP_STREAM = 0x5EED  # keeps a step's sampling apart from the plan's random numbers
+READ_ERRORS = (tarfile.TarError, EOFError, OSError, SchemaError, KeyError, ValueError)
 
-def _tar_files(f, skip_ext: frozenset) -> Iterator[tuple[str, bytes]]:
-    """(name, content) of the regular files of a tar stream, b"" for those whose extension is in skip_ext
-    (seeked over, not read). A small reader: the tarfile module costs ~40 us per member, and a clip sample has
-    14 members. Handles ustar prefixes and pax long names; raises ValueError on a damaged header, EOFError on a
+
+def _tar_files(f, skip_ext: frozenset, skip_all: bool = False,
+               stop: int | None = None) -> Iterator[tuple[str, int, bytes]]:
+    """(name, offset of the member's first header, content) of the regular files of a tar stream; b"" for those
+    whose extension is in skip_ext (seeked over, not read). `stop`: end at this offset instead of at the
+    end-of-archive marker. A small reader: the tarfile module costs ~40 us per member, and a clip sample has 14
+    members. Handles ustar prefixes and pax long names; raises ValueError on a damaged header, EOFError on a
     truncated file."""
-    long_name = None
+    long_name, member_start = None, None
     while True:
+        here = f.tell()
+        if stop is not None and here >= stop:
+            return
         header = f.read(512)
         if len(header) < 512:
             raise EOFError("truncated tar (no end-of-archive marker)")
@@ -36,6 +48,7 @@ def _tar_files(f, skip_ext: frozenset) -> Iterator[tuple[str, bytes]]:
         stored = int(header[148:156].strip(b"\0 ") or b"-1", 8)
         if stored != sum(header[:148]) + 256 + sum(header[156:]):
             raise ValueError("damaged tar header (checksum)")
+        member_start = here if member_start is None else member_start
         size = int(header[124:136].strip(b"\0 ") or b"0", 8)
         kind = header[156:157]
         name = header[:100].rstrip(b"\0").decode()
@@ -49,182 +62,303 @@ def _tar_files(f, skip_ext: frozenset) -> Iterator[tuple[str, bytes]]:
                 if key_value.startswith("path="):
                     long_name = key_value[5:]
             continue
-        name, long_name = long_name or name, None
-        if kind not in (b"0", b"\0") or name.rsplit("/", 1)[-1].split(".", 1)[-1] in skip_ext:
+        name, long_name, start, member_start = long_name or name, None, member_start, None
+        regular = kind in (b"0", b"\0")
+        if not regular or skip_all or name.rsplit("/", 1)[-1].split(".", 1)[-1] in skip_ext:
             f.seek(padded, 1)
-            if kind in (b"0", b"\0"):
-                yield name, b""
+            if regular:
+                yield name, start, b""
             continue
         data = f.read(padded)
         if len(data) < padded:
             raise EOFError(f"truncated tar (in {name})")
-        yield name, data[:size]
+        yield name, start, data[:size]
+
+
+def _split_name(name: str) -> tuple[str, str] | None:
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        return None
+    return name[: len(name) - len(base)] + base.split(".", 1)[0], base.split(".", 1)[1]
+
+
+def _group_samples(members: Iterator[tuple[str, int, bytes]]) -> Iterator[dict]:
+    current: dict | None = None
+    for name, start, data in members:
+        parts = _split_name(name)
+        if parts is None:
+            continue
+        key, ext = parts
+        if current is None or current["__key__"] != key:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__start__": start}
+        current[ext] = data
+    if current is not None:
+        yield current
 
 
 def iter_tar_samples(path: Path, skip: frozenset = frozenset()) -> Iterator[dict]:
     """Raw WebDataset samples of one tar (files grouped by key, in order), without reading the files whose
     extension is in `skip`. Raises on a damaged tar."""
-    current: dict | None = None
     with open(path, "rb", buffering=1 << 20) as f:
-        for name, data in _tar_files(f, skip):
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base:
-                continue
-            key, ext = name[: len(name) - len(base)] + base.split(".", 1)[0], base.split(".", 1)[1]
-            if current is None or current["__key__"] != key:
-                if current is not None:
-                    yield current
-                current = {"__key__": key}
-            current[ext] = data
-    if current is not None:
-        yield current
+        for sample in _group_samples(_tar_files(f, skip)):
+            sample.pop("__start__")
+            yield sample
+
+
+def index_tar(path: Path) -> tuple[list[str], list[int], list[int], str | None]:
+    """Keys of a tar's samples with the byte range [start, end) of each, reading only the headers. On a damaged
+    or truncated tar: the samples before the damage, and the reason."""
+    keys, starts, ends = [], [], []
+    try:
+        with open(path, "rb", buffering=1 << 16) as f:
+            last = None
+            for name, start, _ in _tar_files(f, frozenset(), skip_all=True):
+                parts = _split_name(name)
+                if parts is None:
+                    continue
+                if parts[0] != last:
+                    if last is not None:
+                        ends.append(start)
+                    keys.append(parts[0])
+                    starts.append(start)
+                    last = parts[0]
+            if last is not None:
+                ends.append(f.tell() - 512)  # the end-of-archive marker's first block
+        return keys, starts, ends, None
+    except (OSError, EOFError, ValueError) as e:
+        n = len(ends)  # the sample being read when the damage was met is dropped
+        return keys[:n], starts[:n], ends[:n], f"{type(e).__name__}: {e}"
 
 
 # sample files the trainer never reads (the eye and mouth crops are for region embeddings, made offline)
 UNUSED = frozenset({"eyes.jpgs", "mouth.jpgs", "landmarks.npy", "frame.npy"})
 
 
-def speaker_id(name: str) -> int:
-    return int.from_bytes(hashlib.sha1(name.encode()).digest()[:7], "big")
+@dataclass
+class ShardIndex:
+    """Where every readable clip sample lies, and its speaker. Clip ids are rows of these arrays."""
+    paths: list[Path]
+    keys: list[str]
+    shard: np.ndarray      # int32: index into paths
+    start: np.ndarray      # int64 byte ranges in the shard
+    end: np.ndarray
+    speaker: np.ndarray    # int64 speaker index (from the manifest)
+    problems: list[str]    # damaged shards and clips of the manifest that no shard holds
+
+    @classmethod
+    def build(cls, shards_dir: Path, manifest) -> "ShardIndex":
+        from preprocess.schema import shard_paths
+
+        paths = shard_paths(shards_dir, manifest)
+        key_col = manifest.column("key").to_numpy(zero_copy_only=False)
+        spk_col = manifest.column("speaker").to_numpy(zero_copy_only=False)
+        first = np.unique(key_col, return_index=True)[1]
+        speakers, speaker_idx = np.unique(spk_col[first], return_inverse=True)
+        speaker_of = dict(zip(key_col[first], speaker_idx))
+        keys, shard, start, end, problems = [], [], [], [], []
+        for i, path in enumerate(paths):
+            k, s, e, err = index_tar(path)
+            if err:
+                problems.append(f"{path.name}: {err} (clips after it unreadable)")
+            for key, a, b in zip(k, s, e):
+                if key in speaker_of:
+                    keys.append(key)
+                    shard.append(i)
+                    start.append(a)
+                    end.append(b)
+        missing = len(speaker_of) - len(set(keys))
+        if missing:
+            problems.append(f"{missing} clip(s) of the manifest are in no readable shard")
+        return cls(paths, keys, np.array(shard, np.int32), np.array(start, np.int64), np.array(end, np.int64),
+                   np.array([speaker_of[k] for k in keys], np.int64), problems)
+
+    def __len__(self):
+        return len(self.keys)
+
+    def shard_clips(self) -> list[np.ndarray]:
+        """Clip ids of each shard, in their stored order."""
+        order = np.argsort(self.shard, kind="stable")
+        bounds = np.searchsorted(self.shard[order], np.arange(len(self.paths) + 1))
+        return [order[bounds[i]:bounds[i + 1]] for i in range(len(self.paths))]
+
+    def clips_by_speaker(self) -> tuple[np.ndarray, np.ndarray]:
+        """(clip ids sorted by speaker, offsets per speaker): speaker s's clips are ids[off[s]:off[s+1]]."""
+        order = np.argsort(self.speaker, kind="stable")
+        return order, np.searchsorted(self.speaker[order], np.arange(self.speaker.max() + 2))
+
+
+class ClipReader:
+    """Reads clip samples by id (one seek and a read of the sample's byte range), with a small LRU cache."""
+
+    def __init__(self, index: ShardIndex, cache: int):
+        self.index, self.cache_size = index, cache
+        self.cache: OrderedDict[int, ClipSample] = OrderedDict()
+        self.files: dict[int, object] = {}
+
+    def get(self, cid: int) -> ClipSample:
+        if cid in self.cache:
+            self.cache.move_to_end(cid)
+            return self.cache[cid]
+        s = int(self.index.shard[cid])
+        f = self.files.get(s)
+        if f is None:
+            if len(self.files) >= 32:
+                self.files.pop(next(iter(self.files))).close()
+            f = self.files[s] = open(self.index.paths[s], "rb", buffering=1 << 16)
+        f.seek(int(self.index.start[cid]))
+        samples = list(_group_samples(_tar_files(f, UNUSED, stop=int(self.index.end[cid]))))
+        if len(samples) != 1 or samples[0]["__key__"] != self.index.keys[cid]:
+            raise ValueError(f"sample {self.index.keys[cid]!r} not where the index says")
+        samples[0].pop("__start__")
+        clip = ClipSample.from_wds(samples[0])
+        self.cache[cid] = clip
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+        return clip
 
 
 @dataclass
 class View:
+    cid: int
     clip: ClipSample
     frame: int
     swap: bool = False
 
 
-class ShardStream(torch.utils.data.IterableDataset):
-    """Yields exactly `batches` batches per rank and epoch, split over the data-loader workers.
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of everything random in one step of one rank (frames drawn, FaceSwap, augmentation)."""
+    return int(np.random.default_rng([seed, step, rank, STEP_STREAM]).integers(2 ** 62))
 
-    Each (rank, worker) reads its own shards (or, with fewer shards than readers, its own share of the
-    samples), cycling through them in a seeded order, with a shuffle buffer of clips."""
 
-    def __init__(self, shards: list[Path], cfg: TrainConfig, rank: int, world: int, batches: int, epoch: int,
-                 local_anchors: int, n_clips: int, augment_here: bool = False):
-        self.shards, self.cfg, self.rank, self.world, self.n_clips = shards, cfg, rank, world, n_clips
+def parse_list(text: str, kind=float) -> list:
+    return [kind(x) for x in text.replace(" ", "").split(",") if x]
+
+
+class BatchStream(torch.utils.data.IterableDataset):
+    """This rank's batches for steps [start_step, end_step). With W loader workers, worker w makes steps
+    start_step + w, + W, ... (the order in which the DataLoader hands them out)."""
+
+    def __init__(self, index: ShardIndex, cfg: TrainConfig, rank: int, world: int, start_step: int,
+                 end_step: int, steps_per_epoch: int, augment_here: bool = False):
+        self.index, self.cfg, self.rank, self.world = index, cfg, rank, world
+        self.start_step, self.end_step, self.steps_per_epoch = start_step, end_step, steps_per_epoch
         self.augment_here = augment_here  # CPU training: augment in the loader workers, in parallel
-        self.batches, self.epoch, self.local_anchors = batches, epoch, local_anchors
+        self.anchors = anchors_per_step(cfg)  # over all ranks
+        self.local = self.anchors // world
+        self._plan: tuple[int, np.ndarray] | None = None
+        self._reader: ClipReader | None = None
+        self._bad: set[int] = set()
+        self.by_speaker = index.clips_by_speaker()
+        self.time_frames = parse_list(cfg.timeaug_frames, int)
+        self.time_weights = parse_list(cfg.timeaug_frame_weights) or [1.0] * len(self.time_frames)
 
-    def _reader_share(self):
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
-        readers, reader = self.world * workers, self.rank * workers + worker
-        quota = self.batches // workers + (worker < self.batches % workers)
-        return readers, reader, quota
-
-    def samples(self, readers: int, reader: int, rng: np.random.Generator) -> Iterator[ClipSample]:
-        """This reader's clips, endlessly. With at least as many shards as readers, whole shards (in a seeded
-        order each pass); otherwise every reader reads all shards in a fixed order and keeps every k-th sample
-        (k = readers, or the number of clips when there are fewer clips than readers)."""
-        by_shard = len(self.shards) >= readers
-        mine = self.shards[reader::readers] if by_shard else list(self.shards)
-        share = min(readers, max(self.n_clips, 1))
-        bad: set[Path] = set()
-        while True:
-            produced = False
-            n = 0
-            for i in (rng.permutation(len(mine)) if by_shard else range(len(mine))):
-                path = mine[i]
-                if path in bad:
-                    continue
-                try:
-                    for raw in iter_tar_samples(path, UNUSED):
-                        if by_shard or n % share == reader % share:
-                            produced = True
-                            yield ClipSample.from_wds(raw)
-                        n += 1
-                except (tarfile.TarError, EOFError, OSError, SchemaError, KeyError, ValueError) as e:
-                    bad.add(path)
-                    self.bad_shards += 1
-                    warnings.warn(f"skipping damaged shard {path.name}: {e}")
-            if not produced:
-                raise RuntimeError("no readable sample in this reader's shards")
+    def plan(self, epoch: int) -> np.ndarray:
+        if self._plan is None or self._plan[0] != epoch:
+            cfg = self.cfg
+            p = epoch_plan(self.index.shard_clips(), self.steps_per_epoch, self.anchors, cfg.anchors_per_clip,
+                           cfg.shuffle_factor * self.anchors, cfg.interleave_shards, cfg.seed, epoch)
+            self._plan = (epoch, p)
+        return self._plan[1]
 
     def __iter__(self):
-        readers, reader, quota = self._reader_share()
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, reader])
-        self.bad_shards = 0
-        stream = self.samples(readers, reader, rng)
-        buffer: list[ClipSample] = []
-        uses: list[int] = []
-        gen = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        for _ in range(quota):
-            while len(buffer) < self.cfg.shuffle_clips:
-                try:
-                    buffer.append(next(stream))
-                except StopIteration:
-                    break
-                uses.append(0)
-            batch = self.make_batch(buffer, uses, rng)
-            if self.augment_here:
-                batch["views"] = self.augment(batch.pop("images"), batch["boxes"], gen)
-            yield batch
-            for i in sorted((i for i, u in enumerate(uses) if u >= self.cfg.anchors_per_clip), reverse=True):
-                buffer.pop(i)
-                uses.pop(i)
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        for step in range(self.start_step + worker, self.end_step, workers):
+            yield self.batch(step)
 
-    def make_batch(self, buffer: list[ClipSample], uses: list[int], rng: np.random.Generator) -> dict:
+    # ---------------------------------------------------------------- one step
+    def batch(self, step: int) -> dict:
         cfg = self.cfg
-        anchors, positives = [], []
-        stats = {"hardneg_missing": 0, "swaps": 0, "positives_same_frame": 0}
-        extra: list[tuple[View, View]] = []
-        for _ in range(self.local_anchors):
-            b = int(rng.integers(len(buffer)))
-            uses[b] += 1
-            clip = buffer[b]
-            a = int(rng.integers(len(clip)))
-            anchors.append(View(clip, a))
-            positives.append(self.positive(clip, a, rng, stats))
+        epoch, j = divmod(step, self.steps_per_epoch)
+        mine = self.plan(epoch)[j, self.rank * self.local:(self.rank + 1) * self.local]
+        seed = step_seed(cfg.seed, step, self.rank)
+        rng = np.random.default_rng(seed)
+        stats = {"distinct_clips": len(set(mine.tolist())), "hardneg_missing": 0, "hardneg_other_clip": 0,
+                 "swaps": 0, "unreadable": 0}
+        anchors, positives, extra = [], [], []
+        for cid in mine.tolist():
+            a = self.view(cid, rng, stats)
+            anchors.append(a)
+            positives.append(self.positive(a, rng, stats))
             if cfg.hardneg:
-                neg = self.hard_negative(buffer, b, a, rng)
-                if neg is None:  # counted; its slot gets an independent instance instead (never a duplicate)
-                    stats["hardneg_missing"] += 1
-                    c = buffer[int(rng.integers(len(buffer)))]
-                    neg = View(c, int(rng.integers(len(c))))
-                extra.append((neg, self.positive(neg.clip, neg.frame, rng, stats)))
+                neg = self.hard_negative(a, rng, stats)
+                extra.append((neg, self.positive(neg, rng, stats)))
         anchors += [e[0] for e in extra]
         positives += [e[1] for e in extra]
         images = [self.image(v) for v in anchors] + [self.image(v) for v in positives]
         if cfg.cutmix:
             self.cutmix(images, anchors, rng, stats)
         views = anchors + positives
-        return {
+        batch = {
+            "step": step,
             "images": np.stack(images).transpose(0, 3, 1, 2),
             "boxes": np.stack([v.clip.boxes[v.frame] for v in views]).astype(np.float32),
             "region": np.stack([v.clip.region[v.frame] for v in views]).astype(np.float32),
-            "speaker": np.array([speaker_id(v.clip.meta["speaker"]) for v in anchors], np.int64),
+            "speaker": self.index.speaker[[v.cid for v in anchors]],
+            "clip": np.array([v.cid for v in views], np.int64),
+            "time": np.array([v.clip.time[v.frame] for v in views], np.float64),
             "offset": np.array([p.clip.time[p.frame] - a.clip.time[a.frame] for a, p in zip(anchors, positives)
-                                if p.clip is a.clip], np.float32),
-            "stats": {**stats, "bad_shards": self.bad_shards},
+                                if p.cid == a.cid], np.float32),
+            "stats": stats,
         }
+        if self.augment_here:
+            from train.augment import augment
 
-    def augment(self, images: np.ndarray, boxes: np.ndarray, gen: torch.Generator) -> torch.Tensor:
-        from train.augment import augment
+            gen = torch.Generator().manual_seed(seed)
+            batch["views"] = augment(torch.from_numpy(batch.pop("images")), torch.from_numpy(batch["boxes"]),
+                                     cfg.image_size, gen, **augment_options(cfg, len(views)))[0]
+        return batch
 
+    def load(self, cid: int, rng, stats) -> tuple[int, ClipSample]:
+        """The clip, or when it cannot be read, a readable one drawn at random (counted, warned once)."""
+        if self._reader is None:
+            self._reader = ClipReader(self.index, cache=max(64, 4 * self.local))
+        last = None
+        for _ in range(64):
+            if cid not in self._bad:
+                try:
+                    return cid, self._reader.get(cid)
+                except READ_ERRORS as e:
+                    self._bad.add(cid)
+                    last = f"{self.index.paths[self.index.shard[cid]].name}: {type(e).__name__}: {e}"
+                    warnings.warn(f"skipping unreadable clip {self.index.keys[cid]!r} in {last}")
+            stats["unreadable"] += 1
+            cid = int(rng.integers(len(self.index)))
+        raise RuntimeError(f"rank {self.rank}: no readable clip sample in 64 tries (last: {last}); check the "
+                           f"shards (`make shards` again)")
+
+    def view(self, cid: int, rng, stats) -> View:
+        cid, clip = self.load(cid, rng, stats)
+        return View(cid, clip, int(rng.integers(len(clip))))
+
+    def positive(self, a: View, rng, stats) -> View:
         cfg = self.cfg
-        return augment(torch.from_numpy(images), torch.from_numpy(boxes), cfg.image_size, gen,
-                       cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur, cfg.p_gray)[0]
-
-    def positive(self, clip: ClipSample, a: int, rng, stats) -> View:
-        cfg = self.cfg
-        p = timeaug_positive(clip.time, a, rng, cfg.time_max) if cfg.timeaug else a
-        stats["positives_same_frame"] += p == a
-        swap = bool(cfg.faceswap and rng.random() < cfg.p_swap and clip.has_swap()[p])
+        p = a.frame
+        if cfg.timeaug:
+            p = (frame_offset_positive(len(a.clip), a.frame, rng, self.time_frames, self.time_weights)
+                 if self.time_frames else timeaug_positive(a.clip.time, a.frame, rng, cfg.time_max))
+        swap = bool(cfg.faceswap and rng.random() < cfg.p_swap and a.clip.has_swap()[p])
         stats["swaps"] += swap
-        return View(clip, p, swap)
+        return View(a.cid, a.clip, p, swap)
 
-    def hard_negative(self, buffer: list[ClipSample], b: int, a: int, rng) -> View | None:
-        clip = buffer[b]
-        h = hard_negative(clip.time, a, rng, self.cfg.hardneg_gap)
+    def hard_negative(self, a: View, rng, stats) -> View:
+        """A frame of the anchor's clip >= T2 away; else a frame of another clip of the same speaker; else (no
+        such clip: counted) an independent instance of a random clip."""
+        h = hard_negative(a.clip.time, a.frame, rng, self.cfg.hardneg_gap)
         if h is not None:
-            return View(clip, h)
-        same = [c for i, c in enumerate(buffer) if i != b and c.meta["speaker"] == clip.meta["speaker"]]
-        if same:  # another clip of the same speaker that is in the buffer
-            c = same[int(rng.integers(len(same)))]
-            return View(c, int(rng.integers(len(c))))
-        return None
+            return View(a.cid, a.clip, h)
+        ids, off = self.by_speaker
+        spk = int(self.index.speaker[a.cid])
+        same = ids[off[spk]:off[spk + 1]]
+        same = same[same != a.cid]
+        if len(same):
+            stats["hardneg_other_clip"] += 1
+            return self.view(int(same[rng.integers(len(same))]), rng, stats)
+        stats["hardneg_missing"] += 1
+        other = int(rng.integers(len(self.index) - 1)) if len(self.index) > 1 else a.cid
+        return self.view(other + (other >= a.cid) if len(self.index) > 1 else other, rng, stats)
 
     @staticmethod
     def image(view: View) -> np.ndarray:
@@ -233,14 +367,14 @@ class ShardStream(torch.utils.data.IterableDataset):
     def cutmix(self, images: list[np.ndarray], anchors: list[View], rng, stats) -> None:
         """Table 1 row (c): a positive keeps its centre patch (half the side) on another speaker's frame."""
         m = len(anchors)
-        speakers = [v.clip.meta["speaker"] for v in anchors]
+        speakers = self.index.speaker[[v.cid for v in anchors]]
         for i in range(m):
             if rng.random() >= self.cfg.p_swap:
                 continue
-            others = [j for j in range(m) if speakers[j] != speakers[i]]
-            if not others:
+            others = np.flatnonzero(speakers != speakers[i])
+            if not len(others):
                 continue
-            donor = images[m + others[int(rng.integers(len(others)))]].copy()
+            donor = images[m + int(others[rng.integers(len(others))])].copy()
             s = donor.shape[0]
             lo, hi = s // 4, s - s // 4
             donor[lo:hi, lo:hi] = images[m + i][lo:hi, lo:hi]
@@ -248,6 +382,27 @@ class ShardStream(torch.utils.data.IterableDataset):
             stats["swaps"] += 1
 
 
-def epoch_batches(n_clips: int, cfg: TrainConfig) -> int:
-    """Steps per epoch: every clip gives anchors_per_clip anchors, over the global batch."""
-    return max(1, math.floor(n_clips * cfg.anchors_per_clip / cfg.batch_size))
+def frame_offset_positive(n: int, anchor: int, rng, offsets: list[int], weights: list[float]) -> int:
+    """The official code's TimeAug: an offset in sampled frames drawn from `offsets` with `weights`, random
+    sign (the other sign when that side of the clip is too short; the clip's end when neither fits)."""
+    w = np.asarray(weights, float)
+    d = int(np.asarray(offsets)[rng.choice(len(offsets), p=w / w.sum())])
+    sign = 1 if rng.random() < 0.5 else -1
+    for s in (sign, -sign):
+        if 0 <= anchor + s * d < n:
+            return anchor + s * d
+    return n - 1 if n - 1 - anchor >= anchor else 0
+
+
+def anchors_per_step(cfg: TrainConfig) -> int:
+    """batch_size counts instances; with HardNeg half of them are the anchors' hard negatives."""
+    return cfg.batch_size // 2 if cfg.hardneg else cfg.batch_size
+
+
+def augment_options(cfg: TrainConfig, n_views: int) -> dict:
+    """The augmentation's probabilities; colour jitter has its own for the first views (anchors and hard
+    negatives) and the second (positives)."""
+    half = n_views // 2
+    p_colour = torch.tensor([cfg.p_colour_first] * half + [cfg.p_colour] * (n_views - half))
+    return {"p_mask": cfg.p_landmark_mask, "p_colour": p_colour, "p_blur": cfg.p_blur, "p_gray": cfg.p_gray,
+            "blur_kernel": cfg.blur_kernel}

@@ -6,6 +6,7 @@ batch, so the gradient of a rank's own embeddings is the sum over ranks of each 
 gradient of the global loss."""
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -24,11 +25,12 @@ def world() -> int:
     return tdist.get_world_size() if is_distributed() else 1
 
 
-def setup(device: str) -> tuple[int, int, str]:
-    """Join the process group when launched by torchrun; returns (rank, world, device)."""
+def setup(device: str, timeout_min: float = 10.0) -> tuple[int, int, str]:
+    """Join the process group when launched by torchrun; returns (rank, world, device). A collective that
+    waits longer than timeout_min for a rank fails instead of hanging."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        tdist.init_process_group(backend)
+        tdist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
         if device.startswith("cuda"):
             local = int(os.environ.get("LOCAL_RANK", "0"))
             torch.cuda.set_device(local)
@@ -77,3 +79,21 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
         tdist.all_reduce(x)
         x /= tdist.get_world_size()
     return x
+
+
+def all_true(flag: bool, device: str) -> bool:
+    """Whether flag is true on every rank (every rank gets the same answer, so they all act alike)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([0 if flag else 1], device=device)
+    tdist.all_reduce(t)
+    return int(t) == 0
+
+
+def gather_messages(message: str | None) -> list[str]:
+    """Every rank's message (None where it has none), as 'rank r: message'."""
+    if not is_distributed():
+        return [f"{message}"] if message else []
+    out: list = [None] * world()
+    tdist.all_gather_object(out, message)
+    return [f"rank {r}: {m}" for r, m in enumerate(out) if m]

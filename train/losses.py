@@ -1,13 +1,36 @@
 """Losses as pure functions of embeddings and index tensors (no model, no distributed code).
 
 Views are rows of z. `positive[a]` is the index of view a's positive view. `false_neg[a]` holds the indices of
-view a's MaskFN extra positives (-1 = none)."""
+view a's MaskFN extra positives (-1 = none). `ignore[a, k]` marks pairs that are neither positive nor negative
+(near-duplicates: two views of one clip closer in time than T2). All similarities are computed in fp32 with
+autocast switched off: under bf16 autocast a logit near 14 would be rounded to steps of 1/16."""
 from __future__ import annotations
+
+import functools
 
 import torch
 import torch.nn.functional as F
 
 
+def fp32(fn):
+    """Run fn with autocast off (its inputs are cast to float inside)."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        device = next((a.device.type for a in args if torch.is_tensor(a)), "cpu")
+        with torch.autocast(device, enabled=False):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
+def near_duplicates(clip: torch.Tensor, time: torch.Tensor, gap: float) -> torch.Tensor:
+    """[V, V] bool: views of the same clip less than `gap` seconds apart (not a view with itself)."""
+    same = clip[:, None] == clip[None, :]
+    close = (time[:, None] - time[None, :]).abs() < gap
+    return same & close & ~torch.eye(len(clip), dtype=torch.bool, device=clip.device)
+
+
+
+@fp32
 def false_negatives(descriptors: torch.Tensor, positive: torch.Tensor, speaker: torch.Tensor,
                     k: int) -> torch.Tensor:
     """MaskFN: per view, the k views whose region descriptors are most cosine-similar, leaving out the view
@@ -25,23 +48,30 @@ def false_negatives(descriptors: torch.Tensor, positive: torch.Tensor, speaker: 
     return idx.masked_fill(torch.isinf(values), -1)
 
 
+@fp32
 def info_nce(z: torch.Tensor, positive: torch.Tensor, temperature: float,
              false_neg: torch.Tensor | None = None, fn_weight: float = 0.5,
-             positive_in_denominator: bool = False) -> dict[str, torch.Tensor]:
+             positive_in_denominator: bool = False, ignore: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """InfoNCE over all views, with MaskFN terms (paper Eq. 1-2).
 
-    For view a with positive p and false negatives F(a), the negatives N(a) are all views but a, p and F(a);
+    For view a with positive p and false negatives F(a), the negatives N(a) are all views but a, p, F(a) and
+    the views k with ignore[a, k];
     L1_a = -log(e^{s_ap} / D_a(p)), L2_a = mean_{l in F(a)} -log(e^{s_al} / D_a(l)), with
     D_a(x) = sum_{k in N(a)} e^{s_ak} (paper), or that plus e^{s_ax} (positive_in_denominator: the SimCLR form of
     the official code). s = cosine similarity / temperature. Returns loss = mean L1 + fn_weight * mean L2 (L2
-    over views that have a false negative), l1, l2 and the instance-discrimination top-1 (positive is the most
-    similar other view)."""
+    over views that have a false negative), l1, l2, the instance-discrimination top-1 (the positive is the most
+    similar view among it and the negatives) and masked_pairs (ignored pairs, each counted once)."""
     z = F.normalize(z.float(), dim=1)
     v = len(z)
     rows = torch.arange(v, device=z.device)
     sim = z @ z.T / temperature
     excluded = torch.eye(v, dtype=torch.bool, device=z.device)
-    excluded[rows, positive] = True
+    is_positive = torch.zeros_like(excluded)
+    is_positive[rows, positive] = True
+    if ignore is not None:
+        excluded |= ignore
+    not_candidate = excluded & ~is_positive  # for top-1: what the positive competes with are the negatives
+    excluded |= is_positive
     has_fn = torch.zeros(v, dtype=torch.bool, device=z.device)
     if false_neg is not None and false_neg.numel():
         valid = false_neg >= 0
@@ -61,11 +91,12 @@ def info_nce(z: torch.Tensor, positive: torch.Tensor, temperature: float,
         per_view = (per * valid).sum(1) / valid.sum(1).clamp(min=1)
         l2 = per_view[has_fn].mean()
     with torch.no_grad():
-        top1 = (sim.masked_fill(torch.eye(v, dtype=torch.bool, device=z.device), float("-inf")).argmax(1)
-                == positive).float().mean()
-    return {"loss": l1 + fn_weight * l2, "l1": l1, "l2": l2, "top1": top1}
+        top1 = (sim.masked_fill(not_candidate, float("-inf")).argmax(1) == positive).float().mean()
+        masked = ((ignore & ~is_positive).sum() / 2) if ignore is not None else torch.zeros((), device=z.device)
+    return {"loss": l1 + fn_weight * l2, "l1": l1, "l2": l2, "top1": top1, "masked_pairs": masked}
 
 
+@fp32
 def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float) -> dict:
     """MoCo: q against its key k (positive) and the queue of past keys (negatives)."""
     q, k = F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1)
@@ -75,6 +106,7 @@ def moco_loss(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature
     return {"loss": loss, "l1": loss.detach(), "top1": (logits.argmax(1) == 0).float().mean()}
 
 
+@fp32
 def byol_loss(p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """BYOL: 2 - 2 cos(prediction, target projection), averaged."""
     return (2 - 2 * F.cosine_similarity(p.float(), target.float(), dim=1)).mean()

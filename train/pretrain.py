@@ -12,12 +12,13 @@ from tqdm import tqdm
 
 from preprocess.config import to_toml
 from preprocess.regions import resolve_device
-from preprocess.schema import read_manifest, shard_paths
+from preprocess.schema import read_manifest
 from train import distributed as dist
 from train.augment import augment
 from train.checkpoint import export_backbone, load_checkpoint, save_checkpoint, set_rng_state, unwrap
-from train.data import ShardStream, epoch_batches
-from train.losses import false_negatives, info_nce
+from train.data import BatchStream, ShardIndex, anchors_per_step, augment_options, step_seed
+from train.losses import false_negatives, info_nce, near_duplicates
+from train.plan import steps_per_epoch as plan_steps
 from train.models import build_model
 from train.settings import TrainConfig
 
@@ -27,19 +28,22 @@ class TrainingStopped(RuntimeError):
 
 
 def contrastive_step(z_local: torch.Tensor, region_local: torch.Tensor, speaker_local: torch.Tensor,
-                     cfg: TrainConfig) -> dict:
-    """InfoNCE (+ MaskFN) over the views of all ranks. Locally views are [instances; their positives]."""
+                     clip_local: torch.Tensor, time_local: torch.Tensor, cfg: TrainConfig) -> dict:
+    """InfoNCE (+ MaskFN) over the views of all ranks. Locally views are [instances; their positives]; two
+    views of one clip closer than T2 (hardneg_gap) are neither positive nor negative."""
     z = dist.all_gather_grad(z_local)
     v = len(z_local)
     m = v // 2
     local_pos = (torch.arange(v, device=z.device) + m) % v
     positive = (torch.arange(dist.world(), device=z.device)[:, None] * v + local_pos[None]).reshape(-1)
+    ignore = near_duplicates(dist.all_gather_nograd(clip_local), dist.all_gather_nograd(time_local),
+                             cfg.hardneg_gap)
     false_neg = None
     if cfg.maskfn:
         region = dist.all_gather_nograd(region_local)
         speaker = dist.all_gather_nograd(speaker_local.repeat(2))
         false_neg = false_negatives(region, positive, speaker, cfg.n_fn)
-    return info_nce(z, positive, cfg.temperature, false_neg, cfg.fn_weight, cfg.positive_in_denominator)
+    return info_nce(z, positive, cfg.temperature, false_neg, cfg.fn_weight, cfg.positive_in_denominator, ignore)
 
 
 def lr_lambda(warm_steps: int, total_steps: int):
@@ -80,23 +84,48 @@ def plot_curves(log_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def truncate_log(log_path: Path, step: int) -> None:
+    """On resume: drop the log rows of steps after the checkpoint (they will be made again)."""
+    if log_path.is_file():
+        rows = [line for line in log_path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)["step"] <= step]
+        if len(kept) != len(rows):
+            log_path.write_text("".join(line + "\n" for line in kept))
+
+
+def check_batch_size(cfg: TrainConfig, world: int) -> int:
+    """Anchors per step over all ranks; every rank gets the same number of anchors and instances."""
+    anchors = anchors_per_step(cfg)
+    if cfg.hardneg and cfg.batch_size % 2:
+        raise TrainingStopped(f"batch_size={cfg.batch_size}: with hardneg it counts anchors and their hard "
+                              f"negatives, so it must be even")
+    if anchors % world or anchors == 0:
+        raise TrainingStopped(f"batch_size={cfg.batch_size} gives {anchors} anchors per step, not divisible by the "
+                              f"{world} ranks")
+    return anchors
+
+
 def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     run = Path(run)
     device = resolve_device(cfg.device)
-    rank, world, device = dist.setup(device)
+    rank, world, device = dist.setup(device, cfg.dist_timeout_min)
     main = rank == 0
     cuda = device.startswith("cuda")
 
-    # data: the manifest says how many clips there are and what the shards hold
+    # data: the manifest says what the shards hold; the index says where each clip sample lies
     manifest = read_manifest(shards)
-    files = shard_paths(shards, manifest)
-    n_clips = len(set(manifest.column("key").to_pylist()))
-    if cfg.batch_size % world:
-        raise TrainingStopped(f"batch_size={cfg.batch_size} is not divisible by the {world} ranks")
+    anchors = check_batch_size(cfg, world)
     if cfg.faceswap and not any(manifest.column("has_swap").to_pylist()):
         raise TrainingStopped(f"faceswap=true but the shards in {shards} hold no FaceSwap composites "
                               f"(built with faceswap=false?)")
-    steps_per_epoch = epoch_batches(n_clips, cfg)
+    index = ShardIndex.build(Path(shards), manifest)
+    if main:
+        for problem in index.problems:
+            print(f"warning: {problem}")
+    if len(index) == 0:
+        raise TrainingStopped(f"no readable clip sample in the shards of {shards}: rebuild them with `make shards`")
+    n_clips = len(index)
+    steps_per_epoch = plan_steps(n_clips, anchors, cfg.anchors_per_clip)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -113,6 +142,7 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling; kept for checkpoints
     step = 0
     ckpt_dir = run / "checkpoints"
+    log_path = run / "log.jsonl"
     resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else (None if cfg.resume == "never"
                                                                        else Path(cfg.resume))
     if resume_from is not None and resume_from.is_file():
@@ -123,9 +153,12 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         set_rng_state(state["rng"])
         step = state["step"]
         if main:
+            truncate_log(log_path, step)
             print(f"resumed from {resume_from} at step {step} (epoch {step // steps_per_epoch})")
     elif cfg.resume not in ("auto", "never"):
         raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
+    elif main and cfg.resume == "never" and log_path.is_file():
+        log_path.unlink()
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
@@ -135,74 +168,100 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.toml").write_text(to_toml(cfg))
-    log_path = run / "log.jsonl"
+
+    def checkpoint(path: Path, epoch: int) -> None:
+        # the data stream's position is the step: every step's batch and augmentation are seeded by it
+        save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, step, cfg,
+                        {"data": {"step": step, "epoch": step // steps_per_epoch,
+                                  "step_in_epoch": step % steps_per_epoch, "clips": n_clips}})
+
     gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed * 1000 + rank + step)
-    local_anchors = cfg.batch_size // world
     last_ckpt = time.time()
     bad_steps = 0
-    totals = {"hardneg_missing": 0, "swaps": 0, "anchors": 0, "skipped_steps": 0}
+    totals = {"hardneg_missing": 0, "hardneg_other_clip": 0, "swaps": 0, "anchors": 0, "skipped_steps": 0,
+              "unreadable": 0, "masked_pairs": 0, "distinct_clips": 0}
     history: list[dict] = []
     bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=not main,
                dynamic_ncols=True)
     t_start = time.time()
-    # one stream for the rest of the run: epochs only mark where the schedule and the checkpoint rule look
-    stream = ShardStream(files, cfg, rank, world, total_steps - step, step, local_anchors, n_clips,
+    # one stream for the rest of the run: epochs only mark where the plan, the schedule and the checkpoint
+    # rule turn over
+    stream = BatchStream(index, cfg, rank, world, step, total_steps, steps_per_epoch,
                          augment_here=not cuda and cfg.workers > 0)
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda)
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda))
     epoch_top1: list[float] = []
-    t_wait = time.perf_counter()
-    for batch in loader:
+    while step < total_steps:
+        t_wait = time.perf_counter()
+        try:
+            batch, error = next(loader), None
+        except StopIteration:
+            batch, error = None, "the data stream ended early"
+        except Exception as e:  # noqa: BLE001 - any data error: every rank must hear of it, not wait forever
+            batch, error = None, f"{type(e).__name__}: {e}"
+        if not dist.all_true(error is None, device):
+            raise TrainingStopped("data error, every rank stopped: " + "; ".join(dist.gather_messages(error)))
         t_got = time.perf_counter()
+        if batch["step"] != step:
+            raise TrainingStopped(f"internal: the data stream gave step {batch['step']}'s batch at step {step}")
         if "views" in batch:  # augmented by the loader workers (CPU training)
             x = batch["views"]
         else:
+            gen.manual_seed(step_seed(cfg.seed, step, rank))
             images = batch["images"].to(device, non_blocking=True)
             boxes = batch["boxes"].to(device, non_blocking=True)
-            x, _ = augment(images, boxes, cfg.image_size, gen, cfg.p_landmark_mask, cfg.p_colour, cfg.p_blur,
-                           cfg.p_gray)
+            x, _ = augment(images, boxes, cfg.image_size, gen, **augment_options(cfg, len(images)))
         if cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         half = len(x) // 2
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
             if cfg.method == "simclr":
-                out = contrastive_step(train_model(x), batch["region"].to(device),
-                                       batch["speaker"].to(device), cfg)
+                out = contrastive_step(train_model(x), batch["region"].to(device), batch["speaker"].to(device),
+                                       batch["clip"].to(device), batch["time"].to(device), cfg)
             else:
                 if cfg.method == "byol":
                     unwrap(model).progress = step / max(total_steps, 1)
                 out = train_model(x[:half], x[half:])
         loss = out["loss"]
-        if not torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        if not dist.all_true(bool(torch.isfinite(loss)), device):  # every rank skips the step together
             bad_steps += 1
             totals["skipped_steps"] += 1
-            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
             if bad_steps >= cfg.max_bad_steps:
                 raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
-                                      f"{step}); lower lr or check the shards")
+                                      f"{step}, on some rank); lower lr or check the shards")
+            bar.update(1)
             continue
         bad_steps = 0
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-        step += 1
         if cuda:
             torch.cuda.synchronize()
         t_done = time.perf_counter()
         stats = batch["stats"]
-        totals["hardneg_missing"] += int(stats["hardneg_missing"])
-        totals["swaps"] += int(stats["swaps"])
-        totals["anchors"] += local_anchors
-        top1 = float(dist.all_reduce_mean(out["top1"].detach()))
+        local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
+                 stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
+        summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
+        top1 = float(summed[0]) / world
+        distinct, missing, other, swaps, unreadable = (int(round(float(x))) for x in summed[1:])
+        masked = int(float(out.get("masked_pairs", 0)))
+        for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
+                     ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
+            totals[k] += v
+        totals["anchors"] += anchors
         epoch_top1.append(top1)
         record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
                   "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
                   "images_per_s": len(x) * world / (t_done - t_wait),
                   "data_wait": (t_got - t_wait) / (t_done - t_wait),
-                  "hardneg_missing": int(stats["hardneg_missing"]), "swaps": int(stats["swaps"])}
+                  "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
+                  "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
         if "l2" in out:
             record["l2"] = float(out["l2"].detach())
+        if unreadable:
+            record["unreadable"] = unreadable
         if cuda:
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
         history.append(record)
@@ -212,24 +271,22 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
             bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {top1:.2f} {record['images_per_s']:.0f} img/s "
                                 f"wait {record['data_wait']:.0%}")
         bar.update(1)
-        if main and time.time() - last_ckpt > cfg.ckpt_minutes * 60:
-            save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, step // steps_per_epoch,
-                            step, cfg)
+        if main and (time.time() - last_ckpt > cfg.ckpt_minutes * 60
+                     or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+            checkpoint(ckpt_dir / "last.pt", step // steps_per_epoch)
             last_ckpt = time.time()
         if step % steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
             epoch_done = step // steps_per_epoch
-            if main and epoch_done % 5 == 0 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
-                save_checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", model, optimizer, scheduler, scaler,
-                                epoch_done, step, cfg)
+            if main and epoch_done % 5 == 0 and epoch_top1 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
+                checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", epoch_done)
             epoch_top1 = []
-        t_wait = time.perf_counter()
     bar.close()
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
-               "clips": n_clips, "shards": len(files), "world": world, "device": device,
-               "seconds": round(time.time() - t_start, 1), **totals}
+               "clips": n_clips, "shards": len(index.paths), "world": world, "device": device,
+               "batch_size": cfg.batch_size, "seconds": round(time.time() - t_start, 1), **totals}
     if main:
         end_epoch = min(epochs, math.ceil(step / steps_per_epoch))
-        save_checkpoint(ckpt_dir / "last.pt", model, optimizer, scheduler, scaler, end_epoch, step, cfg)
+        checkpoint(ckpt_dir / "last.pt", end_epoch)
         export_backbone(model, run / "backbone.pt")
         if log_path.is_file():
             plot_curves(log_path, run / "curves.png")

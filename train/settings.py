@@ -17,9 +17,13 @@ class TrainConfig:
     timeaug: bool = option(False, "TimeAug: the positive is another frame of the clip within time_max s")
     time_max: float = option(1.0, "T1, seconds: TimeAug offsets are drawn from a decreasing (triangular) "
                                   "distribution over [0, T1], either direction")
-    hardneg: bool = option(False, "HardNeg: add per anchor a frame of the same speaker at least hardneg_gap s "
-                                  "away as an extra instance")
-    hardneg_gap: float = option(3.0, "T2, seconds")
+    timeaug_frames: str = option("", "TimeAug offsets counted in sampled frames instead, e.g. '2,3,4,5,6' (the "
+                                     "official code's, at 25/6 fps), random sign; empty = by time (time_max)")
+    timeaug_frame_weights: str = option("", "weights of timeaug_frames, e.g. '5,4,3,2,1' (empty = equal)")
+    hardneg: bool = option(False, "HardNeg: half of the batch's instances are hard negatives, one per anchor: a "
+                                  "frame of the same speaker at least hardneg_gap s away, with its own positive")
+    hardneg_gap: float = option(3.0, "T2, seconds; also: two views of one clip closer than this are neither "
+                                     "positive nor negative (left out of the InfoNCE denominator)")
     faceswap: bool = option(False, "FaceSwap: the positive is its precomputed composite with probability p_swap")
     cutmix: bool = option(False, "CutMix of the centre patch instead of FaceSwap (Table 1 row c), with p_swap")
     p_swap: float = option(0.5, "probability of FaceSwap (or CutMix) for each positive")
@@ -42,8 +46,9 @@ class TrainConfig:
                                       "at the end (stepped every iteration)")
     epochs: int = option(100, "epochs (an epoch draws anchors_per_clip anchors from every clip)")
     max_steps: int = option(0, "stop after this many steps (0 = epochs decide)")
-    batch_size: int = option(256, "anchors per step, over all ranks")
-    anchors_per_clip: int = option(1, "anchors drawn from each clip per epoch")
+    batch_size: int = option(256, "instances per step over all ranks (the paper's 256), each with two views; with "
+                                  "hardneg half of them are hard negatives, so 128 anchors")
+    anchors_per_clip: int = option(1, "anchors each clip gives per epoch")
     image_size: int = option(112, "input side: faces are resized to image_size*128/112, then randomly cropped")
     moco_queue: int = option(65536, "MoCo-v2 queue length (rounded down to a multiple of the global batch)")
     moco_momentum: float = option(0.999, "MoCo-v2 key encoder momentum")
@@ -53,16 +58,23 @@ class TrainConfig:
     # augmentation
     p_landmark_mask: float = option(0.8, "probability of masking the eyes or the mouth (ellipse filled with the "
                                          "image mean)")
-    p_colour: float = option(0.8, "probability of colour jitter (0.4, 0.4, 0.4, 0.2)")
+    p_colour: float = option(0.8, "probability of colour jitter (0.4, 0.4, 0.4, 0.2) on the positives")
+    p_colour_first: float = option(0.8, "probability of colour jitter on the first views (anchors, hard "
+                                        "negatives); the official code: 1")
     p_blur: float = option(0.5, "probability of Gaussian blur")
+    blur_kernel: int = option(0, "Gaussian blur kernel side (odd; the official code: 3); 0 = ~10% of the image")
     p_gray: float = option(0.2, "probability of grayscale")
     # run
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto | cpu | cuda")
     workers: int = option(4, "data loader processes per rank (0 = in the main process)")
-    shuffle_clips: int = option(64, "clips held in each data worker's shuffle buffer")
+    shuffle_factor: int = option(4, "the shuffle buffer holds this many times a step's anchors (clips); a step "
+                                    "draws its anchors from it without replacement")
+    interleave_shards: int = option(16, "shards read side by side into the shuffle buffer")
     log_every: int = option(1, "steps between log lines")
     ckpt_minutes: float = option(10.0, "minutes between checkpoints of the last state")
+    ckpt_every: int = option(0, "also checkpoint the last state every this many steps (0 = by time only)")
+    dist_timeout_min: float = option(10.0, "minutes a rank waits for the others before the run stops")
     resume: str = option("auto", "auto (continue RUN/checkpoints/last.pt when present) | never | <checkpoint>")
     max_bad_steps: int = option(5, "stop after this many consecutive non-finite losses")
 
