@@ -20,7 +20,7 @@ EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPOR
 	protocol=$(PROTOCOL) task=$(TASK) $(ARGS)
 
 .PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-lfw eval-folder report test \
-	bench-shards bench-train bench-eval experiment
+	bench-shards bench-train bench-batches bench-eval experiment
 
 help:
 	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
@@ -37,6 +37,7 @@ help:
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
+	@echo "make bench-batches              simulate batch make-up and shuffling at full size (bookkeeping only)"
 	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help"
 
 setup: $(STAMP)
@@ -87,6 +88,9 @@ bench-shards: setup
 
 bench-train: setup
 	$(PY) bench/bench_train.py $(ARGS)
+
+bench-batches: setup
+	$(PY) bench/bench_batches.py $(ARGS)
 
 bench-eval: setup
 	$(PY) bench/bench_eval.py $(ARGS)

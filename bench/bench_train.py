@@ -142,16 +142,21 @@ def time_batches(loader, n: int, warmup: int, per_batch=None) -> float:
 
 def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int, n_base: int) -> dict:
     from train.augment import augment
-    from train.data import ShardStream
+    from train.data import BatchStream, ShardIndex
 
-    cfg = load_config(TrainConfig, [preset_path("sslfer")], [f"batch_size={anchors}", f"workers={workers}"])
-    n_clips = len(set(read_manifest(shards).column("key").to_pylist()))
+    # batch_size counts instances: `anchors` anchors and their hard negatives
+    cfg = load_config(TrainConfig, [preset_path("sslfer")], [f"batch_size={2 * anchors}", f"workers={workers}",
+                                                               "anchors_per_clip=1000"])
+    from train.plan import steps_per_epoch
+
+    index = ShardIndex.build(shards, read_manifest(shards))
+    steps, per_epoch = 10 ** 6, steps_per_epoch(len(index), anchors, cfg.anchors_per_clip)
     # as the trainer on a CPU: batch assembly and augmentation in the loader workers
-    stream = ShardStream(shard_paths(shards), cfg, 0, 1, 10 ** 6, 0, anchors, n_clips, augment_here=True)
+    stream = BatchStream(index, cfg, 0, 1, 0, steps, per_epoch, augment_here=True)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
     ours = time_batches(loader, n_ours, 2)
     # the GPU trainer's order, augmenting in the main process (here on the CPU): the figure before the change
-    stream = ShardStream(shard_paths(shards), cfg, 0, 1, 10 ** 6, 0, anchors, n_clips)
+    stream = BatchStream(index, cfg, 0, 1, 0, steps, per_epoch)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
     gen = torch.Generator().manual_seed(0)
     main_process = time_batches(loader, n_ours, 2, lambda b: augment(b["images"], b["boxes"], size, gen))
@@ -168,7 +173,7 @@ def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, wor
     from train.models import build_model
     from train.pretrain import make_optimizer, pretrain
 
-    overrides = [f"arch={arch}", f"image_size={size}", f"batch_size={anchors}", f"workers={workers}",
+    overrides = [f"arch={arch}", f"image_size={size}", f"batch_size={2 * anchors}", f"workers={workers}",
                  f"max_steps={steps}", f"device={device}", "resume=never", "anchors_per_clip=1000"]
     cfg = load_config(TrainConfig, [preset_path("sslfer")], overrides)
     with tempfile.TemporaryDirectory() as run:

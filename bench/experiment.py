@@ -32,7 +32,7 @@ def main():
     p.add_argument("--extra-presets", default="", help="more presets (e.g. the single toggles), run with --extra-seeds")
     p.add_argument("--extra-seeds", default="0")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=32, help="anchors per step")
+    p.add_argument("--batch", type=int, default=64, help="instances per step (batch_size), the same for every preset")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--probe-epochs", type=int, default=20)
     a = p.parse_args()

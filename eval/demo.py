@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     t = time.time()
     run = out / "run"
     code = pretrain([str(out / "shards"), str(run), "--preset", "sslfer", "arch=resnet18", "image_size=64",
-                     "batch_size=16", "anchors_per_clip=8", "warm_epochs=2", f"max_steps={a.steps}", "workers=1",
+                     "batch_size=32", "anchors_per_clip=8", "warm_epochs=2", f"max_steps={a.steps}", "workers=1",
                      "log_every=5"])
     if code:
         return code

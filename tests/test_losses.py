@@ -123,3 +123,68 @@ def test_hard_negative_is_at_least_the_gap_away():
         h = hard_negative(times, a, rng, 3.0)
         assert h is None or abs(times[h] - times[a]) >= 3.0 - 1e-9
     assert hard_negative(np.arange(0, 2.5, 0.24), 3, rng, 3.0) is None
+
+
+def test_near_duplicates_are_neither_positive_nor_negative_by_hand():
+    """Six views of three instances. Views 0 and 2 are one clip 0.5 s apart (near-duplicates); view 4 is the
+    same clip 5 s away (a hard negative: stays a negative)."""
+    from train.losses import near_duplicates
+
+    z = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [0.6, -0.8], [-1.0, 0.0], [0.0, -1.0]])
+    pos = torch.tensor([3, 4, 5, 0, 1, 2])
+    clip = torch.tensor([7, 8, 7, 7, 8, 7])
+    time_ = torch.tensor([1.0, 0.0, 1.5, 1.2, 0.4, 6.0])
+    ignore = near_duplicates(clip, time_, 3.0)
+    # clip 7: views 0 (1.0 s), 2 (1.5 s), 3 (1.2 s) are within 3 s of each other; 5 (6.0 s) is not
+    want_pairs = {(0, 2), (0, 3), (2, 3), (1, 4)}
+    assert {(i, j) for i, j in ignore.nonzero().tolist() if i < j} == want_pairs
+    s = (z @ z.T / TAU).tolist()
+    l1 = []
+    for a in range(6):
+        p = int(pos[a])
+        negs = [k for k in range(6) if k not in (a, p) and (min(a, k), max(a, k)) not in want_pairs]
+        l1.append(-s[a][p] + math.log(sum(math.exp(s[a][k]) for k in negs)))
+    out = info_nce(z, pos, TAU, ignore=ignore)
+    assert float(out["loss"]) == pytest.approx(np.mean(l1), rel=1e-6)
+    # pairs that are not a view's designated positive: (0,2), (2,3), (1,4) is 1's positive, (0,3) is 0's
+    assert float(out["masked_pairs"]) == 2
+    # top-1: the positive competes with the negatives only, not with the masked views
+    top = [max([k for k in range(6) if k != a and (k == pos[a] or (min(a, k), max(a, k)) not in want_pairs)],
+               key=lambda k: s[a][k]) == pos[a] for a in range(6)]
+    assert float(out["top1"]) == pytest.approx(np.mean(top))
+
+
+def test_losses_under_bf16_autocast_equal_fp32():
+    from train.losses import near_duplicates
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 128, generator=g)
+    pos = (torch.arange(64) + 32) % 64
+    region = torch.randn(64, 32, generator=g)
+    speaker = torch.arange(64) % 16
+    clip = torch.arange(64) % 40
+    ignore = near_duplicates(clip, torch.zeros(64), 3.0)
+    ref = info_nce(z, pos, 0.07, false_negatives(region, pos, speaker, 1), 0.5, False, ignore)
+    raw = info_nce.__wrapped__  # the same function without the fp32 guard: proves the test can fail
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = info_nce(z, pos, 0.07, false_negatives(region, pos, speaker, 1), 0.5, False, ignore)
+        unguarded = raw(z, pos, 0.07, false_negatives(region, pos, speaker, 1), 0.5, False, ignore)
+        moco = moco_loss(z[:8], z[8:16], z[16:], 0.07)
+    for k in ("loss", "l1", "l2"):
+        assert float(got[k]) == pytest.approx(float(ref[k]), abs=1e-5)
+    assert abs(float(unguarded["loss"]) - float(ref["loss"])) > 1e-4
+    assert float(moco["loss"]) == pytest.approx(float(moco_loss(z[:8], z[8:16], z[16:], 0.07)["loss"]), abs=1e-5)
+
+
+def test_official_timeaug_offsets_follow_the_frame_weights():
+    from train.data import frame_offset_positive
+
+    rng = np.random.default_rng(3)
+    offs = np.array([frame_offset_positive(100, 50, rng, [2, 3, 4, 5, 6], [5, 4, 3, 2, 1]) - 50
+                     for _ in range(30000)])
+    assert set(np.abs(offs)) == {2, 3, 4, 5, 6}
+    for d, w in zip([2, 3, 4, 5, 6], [5, 4, 3, 2, 1]):
+        assert (np.abs(offs) == d).mean() == pytest.approx(w / 15, abs=0.01)
+    assert (offs > 0).mean() == pytest.approx(0.5, abs=0.01)
+    assert all(frame_offset_positive(10, 1, rng, [2, 3], [1, 1]) in (3, 4) for _ in range(50))  # only forward
+    assert frame_offset_positive(3, 1, rng, [5], [1]) == 2  # neither side fits: the clip's far end

@@ -371,3 +371,103 @@ def test_tar_reader_matches_tarfile_with_long_names(tmp_path):
     path.write_bytes(bytes(corrupt))
     with pytest.raises(ValueError, match="checksum"):
         list(iter_tar_samples(path))
+
+
+def test_official_preset_has_the_authors_values():
+    cfg = load_config(TrainConfig, [preset_path("official")])
+    assert (cfg.timeaug_frames, cfg.timeaug_frame_weights) == ("2,3,4,5,6", "5,4,3,2,1")
+    assert (cfg.hardneg_gap, cfg.p_swap, cfg.fn_weight, cfg.positive_in_denominator) == (2.88, 0.8, 0.8, True)
+    assert (cfg.blur_kernel, cfg.p_colour_first, cfg.p_colour, cfg.batch_size) == (3, 1.0, 0.8, 256)
+    from train.data import anchors_per_step
+
+    assert anchors_per_step(cfg) == 128  # + 128 hard negatives = 256 instances
+    paper = load_config(TrainConfig, [preset_path("sslfer")])
+    assert anchors_per_step(paper) == 128 and anchors_per_step(load_config(TrainConfig,
+                                                                            [preset_path("simclr")])) == 256
+
+
+def _log(run):
+    return {r["step"]: r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(train_shards, tmp_path):
+    """20 steps in one go, and 10 + kill -9 + 10 resumed: the logged losses of steps 11-20 are equal."""
+    args = ["--preset", "sslfer", *TINY, "workers=2", "batch_size=8", "max_steps=20",
+            "warm_epochs=1", "seed=3"]
+    whole = tmp_path / "whole"
+    done = subprocess.run([sys.executable, "-m", "train", str(train_shards), str(whole), *args], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = tmp_path / "resumed"
+    cmd = [sys.executable, "-m", "train", str(train_shards), str(run), *args, "ckpt_every=10", "ckpt_minutes=1000"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = run / "checkpoints" / "last.pt"
+    deadline = time.time() + 300
+    while time.time() < deadline and not ckpt.exists() and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(ckpt, weights_only=True)["step"] == 10
+    state = torch.load(ckpt, weights_only=True)
+    assert state["data"]["step"] == 10
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from" in done.stdout and "at step 10" in done.stdout
+    a, b = _log(whole), _log(run)
+    assert sorted(b) == list(range(1, 21))
+    for s in range(11, 21):
+        assert b[s]["loss"] == a[s]["loss"] and b[s]["top1"] == a[s]["top1"], s
+
+
+def _fault_worker(rank, port, shards, run, preset, fault, queue):
+    import socket  # noqa: F401  (spawned: a fresh interpreter)
+
+    os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
+                       "LOCAL_RANK": str(rank)})
+    from train import data, models
+    from train import pretrain as pt
+
+    if rank == 1 and fault == "nan":
+        def nan(out):
+            return {**out, "loss": out["loss"] * float("nan")}
+        real_nce, real_moco, real_byol = pt.info_nce, models.moco_loss, models.byol_loss
+        pt.info_nce = lambda *a, **k: nan(real_nce(*a, **k))
+        models.moco_loss = lambda *a, **k: nan(real_moco(*a, **k))
+        models.byol_loss = lambda *a, **k: real_byol(*a, **k) * float("nan")
+    if rank == 1 and fault == "data":
+        def broken(self, step):
+            raise RuntimeError("every shard of this rank is damaged")
+        data.BatchStream.batch = broken
+    extra = ["moco_queue=64"] if preset == "mocov2" else []
+    try:
+        pt.pretrain(shards, run, config(preset, "max_steps=6", "max_bad_steps=2", "dist_timeout_min=1", *extra))
+        queue.put((rank, "finished"))
+    except Exception as e:  # noqa: BLE001
+        queue.put((rank, f"{type(e).__name__}: {e}"))
+
+
+@pytest.mark.parametrize("preset,fault", [("sslfer", "nan"), ("mocov2", "nan"), ("byol", "nan"),
+                                          ("sslfer", "data")])
+def test_a_fault_on_one_rank_stops_every_rank(preset, fault, train_shards, tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_fault_worker, args=(r, port, train_shards, tmp_path / "run", preset, fault, queue))
+             for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        results = dict(queue.get(timeout=180) for _ in range(2))
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    want = "not finite for 2 steps" if fault == "nan" else "rank 1: RuntimeError: every shard of this rank is damaged"
+    assert all(want in results[r] for r in (0, 1)), results

@@ -67,6 +67,9 @@ def epoch_plan(shards: list[np.ndarray], steps: int, anchors: int, uses: int, bu
         if len(buf) >= anchors:
             # clips with more uses left are drawn first, so that the buffer stays varied to the epoch's end
             pick = rng.choice(len(buf), anchors, replace=False, p=left / left.sum())
+        elif (left - 1).sum() >= anchors - len(buf):  # the epoch's last clips: every one, then their uses left
+            tokens = np.repeat(np.arange(len(buf)), left - 1)
+            pick = np.concatenate([np.arange(len(buf)), rng.choice(tokens, anchors - len(buf), replace=False)])
         else:  # fewer clips than anchors: every clip, then again, as evenly as possible
             rounds = -(-anchors // len(buf))
             pick = np.concatenate([rng.permutation(len(buf)) for _ in range(rounds)])[:anchors]
