@@ -1,10 +1,12 @@
 """The small real-data experiment of docs/results.md (`make experiment`).
 
 Shards from ../shared/data/talking-faces; for each preset and seed, pretraining of a ResNet-18 on the CPU with the
-same budget (steps, anchors per step, input size); then the FER2013 linear probe (validation carved from the
-training folder, test carved too: the official test split is not in ../shared) and FR-KNN on lfw-20, with a
-random-initialised backbone as the floor. Prints a Markdown table of mean ± std over seeds and writes it, with
-every per-run number, under --out."""
+same budget (steps, instances per step, input size), with the online monitor (kNN on a FER2013 sample, FR-KNN on
+lfw-20) every --monitor-every steps; then, for each probe seed, the FER2013 linear probe (validation and test
+carved from the training folder with that seed: the official test split is not in ../shared) and FR-KNN on
+lfw-20, with a random-initialised backbone as the floor. Prints a Markdown table (mean ± std over pretraining
+seeds of the mean over probe seeds; the probe seeds' own spread beside it) and writes it, with every per-run
+number and the monitor's curves, under --out."""
 from __future__ import annotations
 
 import argparse
@@ -35,6 +37,8 @@ def main():
     p.add_argument("--batch", type=int, default=64, help="instances per step (batch_size), the same for every preset")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--probe-epochs", type=int, default=20)
+    p.add_argument("--probe-seeds", default="0,1,2", help="seeds of the evaluation (head, carved splits)")
+    p.add_argument("--monitor-every", type=int, default=50)
     a = p.parse_args()
     out = Path(a.out)
     py = sys.executable
@@ -48,32 +52,52 @@ def main():
         if not (run_dir / "backbone.pt").is_file():
             run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
                  f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
-                 f"seed={seed}", "workers=1", "log_every=10"])
+                 f"seed={seed}", "workers=1", "log_every=10", f"monitor={SHARED / 'fer2013' / 'train'}",
+                 f"monitor_identity={SHARED / 'lfw-20'}", f"monitor_every={a.monitor_every}"])
         ckpts.setdefault(preset, []).append(str(run_dir / "backbone.pt"))
     every = [c for cs in ckpts.values() for c in cs]
-    common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=2"]
     flags = [x for c in every for x in ("--ckpt", c)]
-    run([py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(out / "fer2013"),
-         "protocol=linear", f"epochs={a.probe_epochs}", *common])
-    run([py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report", str(out / "lfw"), *common])
-    fer = json.loads((out / "fer2013" / "metrics.json").read_text())["checkpoints"]
-    lfw = json.loads((out / "lfw" / "metrics.json").read_text())["checkpoints"]
+    fer, lfw = {}, {}
+    for ps in a.probe_seeds.split(","):
+        common = ["arch=resnet18", f"image_size={a.size}", f"seed={ps}", "gradcam_per_class=2"]
+        if not (out / f"fer2013-p{ps}" / "metrics.json").is_file():
+            run([py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(out / f"fer2013-p{ps}"),
+                 "protocol=linear", f"epochs={a.probe_epochs}", *common])
+        if not (out / f"lfw-p{ps}" / "metrics.json").is_file():
+            run([py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report", str(out / f"lfw-p{ps}"), *common])
+        fer[ps] = json.loads((out / f"fer2013-p{ps}" / "metrics.json").read_text())["checkpoints"]
+        lfw[ps] = json.loads((out / f"lfw-p{ps}" / "metrics.json").read_text())["checkpoints"]
 
     def lookup(table, ckpt):
         return next(v for k, v in table.items() if k.startswith("random" if ckpt == "random" else
                                                                    f"{Path(ckpt).parent.name}/"))
 
+    def fmt(v):
+        return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
+
     rows, per_run = [], {}
     for preset, cs in ckpts.items():
-        f1 = [lookup(fer, c)["linear_expr"]["test"]["f1"] for c in cs]
-        acc = [lookup(fer, c)["linear_expr"]["test"]["acc"] for c in cs]
-        knn = [lookup(lfw, c)["fr_knn"]["acc"] for c in cs]
-        per_run[preset] = {"fer_f1": f1, "fer_acc": acc, "fr_knn": knn}
-        fmt = lambda v: f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
-        rows.append(f"| {preset} | {len(cs)} | {fmt(f1)} | {fmt(acc)} | {fmt(knn)} |")
-    n_test = next(iter(fer.values()))["linear_expr"]["test"]["n"]
-    table = "\n".join(["| pretraining | runs | FER2013 linear F1 (%) | FER2013 linear Acc (%) | LFW-20 FR-KNN (%) ↓ |",
-                       "|---|---:|---:|---:|---:|", *rows])
+        # [checkpoint, probe seed]
+        f1 = np.array([[lookup(fer[ps], c)["linear_expr"]["test"]["f1"] for ps in fer] for c in cs])
+        acc = np.array([[lookup(fer[ps], c)["linear_expr"]["test"]["acc"] for ps in fer] for c in cs])
+        knn = np.array([[lookup(lfw[ps], c)["fr_knn"]["acc"] for ps in lfw] for c in cs])
+        curves = {}
+        for c in cs:
+            log = Path(c).parent / "log.jsonl"
+            if log.is_file():
+                rows_ = [json.loads(x) for x in log.read_text().splitlines()]
+                curves[Path(c).parent.name] = {
+                    "top1_last": next((r["top1"] for r in reversed(rows_) if "top1" in r), None),
+                    "monitor": [(r["step"], r.get("monitor_expr_knn"), r.get("monitor_id_knn"))
+                                for r in rows_ if "monitor_expr_knn" in r]}
+        per_run[preset] = {"fer_f1": f1.tolist(), "fer_acc": acc.tolist(), "fr_knn": knn.tolist(),
+                           "curves": curves}
+        rows.append(f"| {preset} | {len(cs)} × {f1.shape[1]} | {fmt(f1.mean(1))} | {100 * f1.std(1).mean():.1f} | "
+                    f"{fmt(acc.mean(1))} | {fmt(knn.mean(1))} | {100 * knn.std(1).mean():.1f} |")
+    n_test = next(iter(fer[next(iter(fer))].values()))["linear_expr"]["test"]["n"]
+    table = "\n".join(["| pretraining | runs × probe seeds | FER2013 linear F1 (%) | ± probe seeds | "
+                       "FER2013 linear Acc (%) | LFW-20 FR-KNN (%) ↓ | ± probe seeds |",
+                       "|---|---:|---:|---:|---:|---:|---:|", *rows])
     (out / "results.md").write_text(table + f"\n\nFER2013 test images: {n_test}\n")
     (out / "per_run.json").write_text(json.dumps(per_run, indent=2))
     print("\n" + table)

@@ -12,7 +12,7 @@ import numpy as np
 from eval import report as R
 from eval.backbones import load_backbone
 from eval.datasets import Dataset, limit
-from eval.faces import aligned_faces, alignment_counts
+from preprocess.stills import aligned_faces, alignment_counts
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe
@@ -63,7 +63,7 @@ class Evaluator:
         return load_backbone(spec, self.cfg.arch, self.cfg.seed)
 
     def features(self, spec: str, backbone, split: str) -> np.ndarray:
-        from eval.faces import cache_key
+        from preprocess.stills import cache_key
 
         key = hashlib.sha1(f"{_spec_key(spec)}|{cache_key(self.items[split])}|{self.cfg.image_size}"
                            .encode()).hexdigest()[:16]

@@ -122,7 +122,7 @@ def test_affectnet_end_to_end_both_protocols_and_tasks(affectnet_dir, tmp_path):
 
 def test_alignment_is_cached(affectnet_dir, tmp_path):
     from eval.datasets import affectnet
-    from eval.faces import aligned_faces
+    from preprocess.stills import aligned_faces
 
     items = affectnet(affectnet_dir, 8, 0.25, 0).splits["test"]
     a, how = aligned_faces(items, tmp_path, 1, "t")

@@ -471,3 +471,63 @@ def test_a_fault_on_one_rank_stops_every_rank(preset, fault, train_shards, tmp_p
                 p.kill()
     want = "not finite for 2 steps" if fault == "nan" else "rank 1: RuntimeError: every shard of this rank is damaged"
     assert all(want in results[r] for r in (0, 1)), results
+
+
+def test_knn_vote_by_hand():
+    from train.monitor import knn_vote
+
+    f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.8, 0.3], [0.2, 1.0]])
+    ids = np.array([0, 0, 1, 1, 1, 0])
+    gallery, probe = np.array([0, 1, 2, 3]), np.array([4, 5])
+    # probe 4 is nearest 0 and 1 (label 0): right with k=1 and k=2; probe 5 is nearest 3, 2 (label 1): wrong
+    assert knn_vote(f, ids, gallery, probe, 1) == pytest.approx(0.0)
+    ids2 = np.array([0, 0, 1, 1, 0, 1])
+    assert knn_vote(f, ids2, gallery, probe, 2) == pytest.approx(1.0)
+    # k=4: two votes each; the tie goes to the nearer neighbours
+    assert knn_vote(f, ids2, gallery, probe, 4) == pytest.approx(1.0)
+
+
+def _monitor_sets(tmp_path):
+    from preprocess.synthetic import make_expression_sets
+
+    return make_expression_sets(tmp_path / "sets", identities=2, per_class=4)
+
+
+@pytest.mark.parametrize("source", ["synthetic", "shared"])
+def test_monitor_logs_expression_and_identity_and_keeps_the_best(source, train_shards, tmp_path):
+    from train.pretrain import pretrain
+
+    if source == "shared":
+        from tests.conftest import SHARED
+
+        if not (SHARED / "fer2013" / "train").is_dir() or not (SHARED / "lfw-20").is_dir():
+            pytest.skip("../shared/data/fer2013 or lfw-20 not present")
+        expr, ident = SHARED / "fer2013" / "train", SHARED / "lfw-20"
+    else:
+        expr, ident = _monitor_sets(tmp_path)
+    run = tmp_path / "run"
+    s = pretrain(train_shards, run, config("simclr", "max_steps=4", f"monitor={expr}", f"monitor_identity={ident}",
+                                           "monitor_every=2", "monitor_max_images=140",
+                                           f"monitor_cache={tmp_path / 'cache'}"))
+    rows = _log(run)
+    watched = [k for k, r in sorted(rows.items()) if "monitor_expr_knn" in r]
+    assert watched == [0, 2, 4]
+    for k in watched:
+        assert 0 <= rows[k]["monitor_expr_knn"] <= 1 and 0 <= rows[k]["monitor_id_knn"] <= 1
+    best = max(rows[k]["monitor_expr_knn"] for k in watched)
+    assert s["monitor_expr_best"] == best
+    state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert rows[state["step"]]["monitor_expr_knn"] == best and state["monitor_best"] == best
+    assert (run / "curves.png").stat().st_size > 1000
+    cached = list((tmp_path / "cache").glob("faces-*.npz"))
+    assert len(cached) == 2  # aligned once per set; a second run reads them
+    pretrain(train_shards, tmp_path / "run2", config("simclr", "max_steps=1", f"monitor={expr}",
+                                                     f"monitor_cache={tmp_path / 'cache'}", "monitor_max_images=140"))
+    assert sorted((tmp_path / "cache").glob("faces-*.npz")) == sorted(cached)
+
+
+def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
+    from train.pretrain import TrainingStopped, pretrain
+
+    with pytest.raises(TrainingStopped, match="monitor set .*missing: no such folder"):
+        pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=1", f"monitor={tmp_path / 'missing'}"))

@@ -39,13 +39,17 @@ def main(argv=None) -> int:
               f"steps         {s['steps']} ({s['epochs']} epochs x {s['steps_per_epoch']} steps, {s['clips']} clips, "
               f"{s['shards']} shards, {s['world']} rank(s) on {s['device']})\n"
               f"final         loss {s['loss']:.4f}, instance top-1 {s['top1']:.3f} (first step {s['top1_first']:.3f})\n"
-              f"batch         {s['batch_size']} instances per step; {s['anchors']} anchors from "
-              f"{s['distinct_clips'] / max(s['anchors'], 1):.0%} distinct clips per step, "
+              f"batch         {s['batch_size']} instances per step; of {s['anchors']} anchors "
+              f"{s['distinct_clips'] / max(s['anchors'], 1):.0%} were distinct clips within their step; "
               f"{s['masked_pairs']} near-duplicate pairs masked\n"
               f"positives     {s['swaps']} FaceSwap/CutMix; hard negatives: {s['hardneg_other_clip']} from another "
               f"clip of the speaker, {s['hardneg_missing']} missing; {s['skipped_steps']} steps skipped, "
               f"{s['unreadable']} unreadable clips\n"
-              f"time          {s['seconds']:.0f} s\n"
+              + (f"monitor       expression kNN {s['monitor_expr_knn']:.3f} (best {s['monitor_expr_best']:.3f}, "
+                 f"checkpoints/best.pt)\n" if "monitor_expr_knn" in s else "")
+              + (f"monitor       FR-KNN {s['monitor_id_knn']:.3f} (lower = less identity)\n"
+                 if "monitor_id_knn" in s else "")
+              + f"time          {s['seconds']:.0f} s\n"
               f"outputs       {s['run']}/checkpoints/last.pt, {s['run']}/backbone.pt, {s['run']}/curves.png")
     return 0
 

@@ -73,11 +73,13 @@ def plot_curves(log_path: Path, out: Path) -> None:
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    keys = [k for k in ("loss", "l1", "l2", "top1", "lr") if k in rows[-1]]
+    keys = [k for k in ("loss", "l1", "l2", "top1", "lr", "monitor_expr_knn", "monitor_id_knn")
+            if any(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
     for ax, k in zip(axes, keys):
-        ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], lw=1)
-        ax.set_title(k)
+        ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], lw=1,
+                marker="o" if k.startswith("monitor") else None, ms=3)
+        ax.set_title({"monitor_expr_knn": "expression kNN acc", "monitor_id_knn": "FR-KNN acc (identity)"}.get(k, k))
         ax.set_xlabel("step")
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -141,6 +143,7 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         optimizer, lr_lambda(round(cfg.warm_epochs * steps_per_epoch), total_steps))
     scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling; kept for checkpoints
     step = 0
+    state: dict = {}
     ckpt_dir = run / "checkpoints"
     log_path = run / "log.jsonl"
     resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else (None if cfg.resume == "never"
@@ -159,6 +162,16 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
     elif main and cfg.resume == "never" and log_path.is_file():
         log_path.unlink()
+    monitor_best = state.get("monitor_best", -1.0) if step else -1.0
+    monitor = None
+    if main and (cfg.monitor or cfg.monitor_identity):
+        from train.monitor import Monitor
+
+        try:
+            monitor = Monitor(cfg, device)
+        except (FileNotFoundError, ImportError) as e:
+            raise TrainingStopped(f"monitor: {e}") from None
+        print(f"monitor: {monitor.describe()}")
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
@@ -173,7 +186,17 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         # the data stream's position is the step: every step's batch and augmentation are seeded by it
         save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, step, cfg,
                         {"data": {"step": step, "epoch": step // steps_per_epoch,
-                                  "step_in_epoch": step % steps_per_epoch, "clips": n_clips}})
+                                  "step_in_epoch": step % steps_per_epoch, "clips": n_clips},
+                         "monitor_best": monitor_best})
+
+    def watch() -> dict:
+        """The monitor's scores now (rank 0), and checkpoints/best.pt when the expression score improved."""
+        nonlocal monitor_best
+        scores = monitor(unwrap(model).backbone)
+        if scores.get("monitor_expr_knn", -1.0) > monitor_best:
+            monitor_best = scores["monitor_expr_knn"]
+            checkpoint(ckpt_dir / "best.pt", step // steps_per_epoch)
+        return scores
 
     gen = torch.Generator(device=device)
     last_ckpt = time.time()
@@ -190,6 +213,10 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
                          augment_here=not cuda and cfg.workers > 0)
     loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda))
     epoch_top1: list[float] = []
+    if monitor and step == 0:  # the starting point of the curves
+        run.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "a") as f:
+            f.write(json.dumps({"step": 0, **watch()}) + "\n")
     while step < total_steps:
         t_wait = time.perf_counter()
         try:
@@ -264,8 +291,10 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
             record["unreadable"] = unreadable
         if cuda:
             record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+        if monitor and (step % cfg.monitor_every == 0 or step == total_steps):
+            record.update(watch())
         history.append(record)
-        if main and step % cfg.log_every == 0:
+        if main and (step % cfg.log_every == 0 or "monitor_seconds" in record):
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
             bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {top1:.2f} {record['images_per_s']:.0f} img/s "
@@ -293,6 +322,12 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         if history:
             summary.update({k: history[-1][k] for k in ("loss", "top1")})
             summary["top1_first"] = history[0]["top1"]
+            watched = [r for r in history if "monitor_seconds" in r]
+            if watched:
+                summary.update({k: watched[-1][k] for k in ("monitor_expr_knn", "monitor_id_knn")
+                                if k in watched[-1]})
+                if monitor_best >= 0:
+                    summary["monitor_expr_best"] = monitor_best
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
     dist.cleanup()
     return summary

@@ -77,6 +77,15 @@ class TrainConfig:
     dist_timeout_min: float = option(10.0, "minutes a rank waits for the others before the run stops")
     resume: str = option("auto", "auto (continue RUN/checkpoints/last.pt when present) | never | <checkpoint>")
     max_bad_steps: int = option(5, "stop after this many consecutive non-finite losses")
+    # online monitor
+    monitor: str = option("", "folder of labelled expression faces (<class>/*.jpg, e.g. FER2013's train/): the "
+                              "frozen backbone's kNN accuracy on it every monitor_every steps; "
+                              "checkpoints/best.pt keeps the best")
+    monitor_identity: str = option("", "folder of people (<name>/*.jpg, e.g. LFW): FR-KNN every monitor_every "
+                                       "steps (lower = less identity)")
+    monitor_every: int = option(500, "steps between monitor evaluations (also at the start and the end)")
+    monitor_max_images: int = option(2000, "images sampled from each monitor set (class-balanced)")
+    monitor_cache: str = option(".cache/monitor", "where the monitor sets' aligned faces are cached")
 
 
 def preset_names() -> list[str]:

@@ -1,6 +1,7 @@
-"""Evaluation images aligned exactly as the pretraining frames (mediapipe landmarks, the same template, 128 px),
-cached once per dataset so repeated evaluations do not redo detection. Where no face is found the image falls
-back to the dataset's face box (AffectNet) or the whole image (already-cropped sets), and is counted."""
+"""Still images (evaluation sets, the trainer's monitor sets) aligned exactly as the pretraining frames (mediapipe
+landmarks in static-image mode, the same template, 128 px), cached once per image list so repeated runs do not
+redo detection. Where no face is found the image falls back to the dataset's face box (AffectNet) or the whole
+image (already-cropped sets), and is counted."""
 from __future__ import annotations
 
 import hashlib
@@ -11,7 +12,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from eval.datasets import Item
+from dataclasses import dataclass
+
 from preprocess.cache import load_npz, save_npz
 from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, five_points, similarity
 
@@ -20,7 +22,15 @@ ALIGN_VERSION = 2
 _mesh = None
 
 
-def read_image(item: Item) -> np.ndarray | None:
+@dataclass(frozen=True)
+class Still:
+    """One image to align (evaluation's Item has the same fields and is used alike)."""
+    source: str                     # file path, or "<csv>:<row>" for images stored in a CSV
+    box: tuple | None = None        # x, y, w, h of the face when the dataset gives it
+    pixels: str = ""                # FER2013 CSV: 48x48 grey values
+
+
+def read_image(item: Still) -> np.ndarray | None:
     """RGB uint8, or None when unreadable."""
     if item.pixels:
         grey = np.array(item.pixels.split(), np.uint8).reshape(48, 48)
@@ -61,7 +71,7 @@ def _landmarks(rgb: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def align_one(item: Item) -> tuple[np.ndarray | None, str, np.ndarray | None]:
+def align_one(item: Still) -> tuple[np.ndarray | None, str, np.ndarray | None]:
     """(128x128 RGB face or None, how: 'landmarks' | 'box' | 'full' | 'unreadable', the five alignment
     points in unit image coordinates when landmarks were found)."""
     rgb = read_image(item)
@@ -88,11 +98,11 @@ def place_by_mean_geometry(full: np.ndarray, mean_points: np.ndarray) -> np.ndar
     return cv2.warpAffine(full, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _align_chunk(items: list[Item]):
+def _align_chunk(items: list[Still]):
     return [align_one(it) for it in items]
 
 
-def cache_key(items: list[Item]) -> str:
+def cache_key(items: list[Still]) -> str:
     h = hashlib.sha1(f"align-v{ALIGN_VERSION}".encode())
     for it in items:
         h.update(it.source.encode())
@@ -105,7 +115,7 @@ def cache_key(items: list[Item]) -> str:
     return h.hexdigest()[:16]
 
 
-def aligned_faces(items: list[Item], cache_dir: Path, workers: int, desc: str) -> tuple[np.ndarray, list[str]]:
+def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) -> tuple[np.ndarray, list[str]]:
     """uint8 [N, 128, 128, 3] (zeros where unreadable) and how each was aligned; cached by the items."""
     path = Path(cache_dir) / f"faces-{cache_key(items)}.npz"
     if path.is_file():
