@@ -26,6 +26,33 @@ def run(cmd: list[str]) -> None:
     subprocess.run(cmd, cwd=ROOT, check=True)
 
 
+def plot_curves(runs: dict[str, list[Path]], out: Path) -> None:
+    """Instance top-1 and the monitor's two scores against the step, one line per run, a colour per preset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    titles = ("instance top-1 (training batches)", "monitor: expression kNN acc ↑", "monitor: FR-KNN acc (identity) ↓")
+    for colour, (preset, dirs) in zip(("tab:blue", "tab:red", "tab:green", "tab:orange"), runs.items()):
+        for n, d in enumerate(dirs):
+            rows = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
+            label = preset if n == 0 else None
+            for ax, key in zip(axes, ("top1", "monitor_expr_knn", "monitor_id_knn")):
+                pts = [(r["step"], r[key]) for r in rows if key in r]
+                if pts:
+                    ax.plot(*zip(*pts), color=colour, lw=1, alpha=0.8, label=label,
+                            marker="o" if key.startswith("monitor") else None, ms=2)
+    for ax, title in zip(axes, titles):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="build/experiment")
@@ -100,6 +127,7 @@ def main():
                        "|---|---:|---:|---:|---:|---:|---:|", *rows])
     (out / "results.md").write_text(table + f"\n\nFER2013 test images: {n_test}\n")
     (out / "per_run.json").write_text(json.dumps(per_run, indent=2))
+    plot_curves({p_: [Path(c).parent for c in cs] for p_, cs in ckpts.items() if p_ != "random"}, out / "curves.png")
     print("\n" + table)
 
 

@@ -188,3 +188,14 @@ def test_official_timeaug_offsets_follow_the_frame_weights():
     assert (offs > 0).mean() == pytest.approx(0.5, abs=0.01)
     assert all(frame_offset_positive(10, 1, rng, [2, 3], [1, 1]) in (3, 4) for _ in range(50))  # only forward
     assert frame_offset_positive(3, 1, rng, [5], [1]) == 2  # neither side fits: the clip's far end
+
+
+def test_a_hard_negative_exactly_t2_away_is_not_masked():
+    from train.losses import near_duplicates
+
+    times = np.arange(0, 10, 6 / 25)  # 25/6 fps
+    gap = 2.88  # 12 frames, the official gap
+    t = torch.tensor([[times[a], times[a + 12]] for a in range(20)], dtype=torch.float64).reshape(-1)
+    clip = torch.arange(20).repeat_interleave(2)
+    assert not near_duplicates(clip, t, gap).any()
+    assert near_duplicates(clip, t + torch.tensor([0.0, -0.01]).repeat(20), gap).sum() == 40

@@ -243,7 +243,11 @@ def test_checkpoint_and_exported_backbone_load_safely(train_shards, tmp_path):
 
     from train.pretrain import pretrain
 
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.jsonl").write_text('{"step": 1, "loss": 9.0}\n')  # an earlier attempt's, no checkpoint
     pretrain(train_shards, tmp_path / "run", config("sslfer", "max_steps=2"))
+    assert [r["step"] for r in map(json.loads, (tmp_path / "run" / "log.jsonl").read_text().splitlines())] == [1, 2]
+    assert json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])["loss"] != 9.0
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "epoch", "step", "config"} <= set(state)
     assert state["step"] == 2 and state["config"]["arch"] == "resnet18"
@@ -531,3 +535,22 @@ def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
 
     with pytest.raises(TrainingStopped, match="monitor set .*missing: no such folder"):
         pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=1", f"monitor={tmp_path / 'missing'}"))
+
+
+def test_shard_index_is_cached_per_shard_and_rescanned_when_a_shard_changes(train_shards, tmp_path, monkeypatch):
+    from preprocess.schema import read_manifest
+    from train import data
+
+    copy = tmp_path / "copy"
+    shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
+    first = data.ShardIndex.build(copy, read_manifest(copy))
+    assert list((copy / ".cache" / "tar-index").glob("*.npz"))
+    scans = []
+    real = data.index_tar
+    monkeypatch.setattr(data, "index_tar", lambda p: scans.append(p) or real(p))
+    again = data.ShardIndex.build(copy, read_manifest(copy))
+    assert scans == [] and again.keys == first.keys and (again.start == first.start).all()
+    shard = shard_paths(copy)[0]
+    os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))
+    data.ShardIndex.build(copy, read_manifest(copy))
+    assert scans == [shard]

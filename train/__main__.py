@@ -15,7 +15,9 @@ def main(argv=None) -> int:
         prog="python -m train", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Contrastive pretraining on `make shards` output: SimCLR, MoCo-v2, BYOL and the paper's "
                     "TimeAug / HardNeg / FaceSwap / MaskFN.",
-        epilog=f"presets: {', '.join(preset_names())} (configs/pretrain/<preset>.toml)\n\n"
+        epilog=f"presets: {', '.join(preset_names())} (configs/pretrain/<preset>.toml)\n"
+               "batch_size counts instances per step for every preset (the paper's 256): with hardneg, half of them "
+               "are the anchors' hard negatives, so every row of Table 1 trains on the same batch.\n\n"
                "options (key=value after SHARDS RUN, or in a TOML file given with --config; the preset is "
                "applied first, then the file, then key=value):\n" + options_help(TrainConfig))
     parser.add_argument("shards", help="folder written by make shards")

@@ -62,6 +62,9 @@ def _tar_files(f, skip_ext: frozenset, skip_all: bool = False,
                 if key_value.startswith("path="):
                     long_name = key_value[5:]
             continue
+        if kind == b"L":  # GNU long name: the next member's name
+            long_name = f.read(padded)[:size].rstrip(b"\0").decode()
+            continue
         name, long_name, start, member_start = long_name or name, None, member_start, None
         regular = kind in (b"0", b"\0")
         if not regular or skip_all or name.rsplit("/", 1)[-1].split(".", 1)[-1] in skip_ext:
@@ -108,11 +111,12 @@ def iter_tar_samples(path: Path, skip: frozenset = frozenset()) -> Iterator[dict
 
 
 def index_tar(path: Path) -> tuple[list[str], list[int], list[int], str | None]:
-    """Keys of a tar's samples with the byte range [start, end) of each, reading only the headers. On a damaged
-    or truncated tar: the samples before the damage, and the reason."""
+    """Keys of a tar's samples with the byte range [start, end) of each, reading only the headers (unbuffered:
+    512 bytes per member, not a buffer refill per seek). On a damaged or truncated tar: the samples before the
+    damage, and the reason."""
     keys, starts, ends = [], [], []
     try:
-        with open(path, "rb", buffering=1 << 16) as f:
+        with open(path, "rb", buffering=0) as f:
             last = None
             for name, start, _ in _tar_files(f, frozenset(), skip_all=True):
                 parts = _split_name(name)
@@ -130,6 +134,35 @@ def index_tar(path: Path) -> tuple[list[str], list[int], list[int], str | None]:
     except (OSError, EOFError, ValueError) as e:
         n = len(ends)  # the sample being read when the damage was met is dropped
         return keys[:n], starts[:n], ends[:n], f"{type(e).__name__}: {e}"
+
+
+def cached_index_tar(path: Path, cache_dir: Path) -> tuple[list[str], list[int], list[int], str | None]:
+    """index_tar, kept in cache_dir per shard and reused while the shard's size and mtime are unchanged (a rerun
+    of the trainer, and every rank but the first, then read no tar header). Without a writable cache_dir it
+    just scans."""
+    from preprocess.cache import load_npz, save_npz
+
+    try:
+        st = path.stat()
+    except OSError as e:
+        return [], [], [], f"{type(e).__name__}: {e}"
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+    cached = cache_dir / f"{path.name}.npz"
+    try:
+        arrays, info = load_npz(cached)
+        if info.get("stamp") == stamp:
+            return info["keys"], arrays["start"].tolist(), arrays["end"].tolist(), info["error"]
+    except (OSError, ValueError, KeyError):
+        pass
+    keys, starts, ends, error = index_tar(path)
+    if error is None:  # a damaged shard is scanned again next time (it may have been rebuilt)
+        try:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            save_npz(cached, {"start": np.array(starts, np.int64), "end": np.array(ends, np.int64)},
+                     {"stamp": stamp, "keys": keys, "error": None})
+        except OSError:
+            pass
+    return keys, starts, ends, error
 
 
 # sample files the trainer never reads (the eye and mouth crops are for region embeddings, made offline)
@@ -159,7 +192,7 @@ class ShardIndex:
         speaker_of = dict(zip(key_col[first], speaker_idx))
         keys, shard, start, end, problems = [], [], [], [], []
         for i, path in enumerate(paths):
-            k, s, e, err = index_tar(path)
+            k, s, e, err = cached_index_tar(path, shards_dir / ".cache" / "tar-index")
             if err:
                 problems.append(f"{path.name}: {err} (clips after it unreadable)")
             for key, a, b in zip(k, s, e):

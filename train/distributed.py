@@ -97,3 +97,12 @@ def gather_messages(message: str | None) -> list[str]:
     out: list = [None] * world()
     tdist.all_gather_object(out, message)
     return [f"rank {r}: {m}" for r, m in enumerate(out) if m]
+
+
+def broadcast_object(obj):
+    """Rank 0's obj on every rank (pickled)."""
+    if not is_distributed():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]

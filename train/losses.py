@@ -23,9 +23,11 @@ def fp32(fn):
 
 
 def near_duplicates(clip: torch.Tensor, time: torch.Tensor, gap: float) -> torch.Tensor:
-    """[V, V] bool: views of the same clip less than `gap` seconds apart (not a view with itself)."""
+    """[V, V] bool: views of the same clip less than `gap` seconds apart (not a view with itself). Frames exactly
+    `gap` apart are not near-duplicates: the hard-negative sampler accepts them, and frame timestamps such as
+    12 x 0.24 s = 2.88 s carry rounding errors, hence the tolerance."""
     same = clip[:, None] == clip[None, :]
-    close = (time[:, None] - time[None, :]).abs() < gap
+    close = (time[:, None] - time[None, :]).abs() < gap - 1e-6
     return same & close & ~torch.eye(len(clip), dtype=torch.bool, device=clip.device)
 
 

@@ -120,7 +120,8 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     if cfg.faceswap and not any(manifest.column("has_swap").to_pylist()):
         raise TrainingStopped(f"faceswap=true but the shards in {shards} hold no FaceSwap composites "
                               f"(built with faceswap=false?)")
-    index = ShardIndex.build(Path(shards), manifest)
+    # built once (rank 0, cached per shard) and sent to the other ranks, so that all of them plan alike
+    index = dist.broadcast_object(ShardIndex.build(Path(shards), manifest) if main else None)
     if main:
         for problem in index.problems:
             print(f"warning: {problem}")
@@ -160,18 +161,24 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
             print(f"resumed from {resume_from} at step {step} (epoch {step // steps_per_epoch})")
     elif cfg.resume not in ("auto", "never"):
         raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
-    elif main and cfg.resume == "never" and log_path.is_file():
+    elif main and log_path.is_file():  # a fresh start: the log of an earlier attempt would repeat steps
         log_path.unlink()
-    monitor_best = state.get("monitor_best", -1.0) if step else -1.0
-    monitor = None
+    monitor_best = -1.0
+    if step:  # best.pt may be newer than the checkpoint resumed from
+        best_file = ckpt_dir / "best.pt"
+        monitor_best = max(state.get("monitor_best", -1.0),
+                           load_checkpoint(best_file).get("monitor_best", -1.0) if best_file.is_file() else -1.0)
+    monitor, monitor_error = None, None
     if main and (cfg.monitor or cfg.monitor_identity):
         from train.monitor import Monitor
 
         try:
             monitor = Monitor(cfg, device)
+            print(f"monitor: {monitor.describe()}")
         except (FileNotFoundError, ImportError) as e:
-            raise TrainingStopped(f"monitor: {e}") from None
-        print(f"monitor: {monitor.describe()}")
+            monitor_error = f"monitor: {e}"
+    if not dist.all_true(monitor_error is None, device):
+        raise TrainingStopped("; ".join(dist.gather_messages(monitor_error)))
     train_model = model
     if world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if cuda else None)
@@ -224,12 +231,14 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         except StopIteration:
             batch, error = None, "the data stream ended early"
         except Exception as e:  # noqa: BLE001 - any data error: every rank must hear of it, not wait forever
-            batch, error = None, f"{type(e).__name__}: {e}"
+            # from a loader worker, the message ends with the original exception's last line
+            lines = str(e).strip().splitlines()
+            batch, error = None, (lines[-1] if len(lines) > 1 else f"{type(e).__name__}: {e}")
+        if error is None and batch["step"] != step:
+            error = f"internal: the data stream gave step {batch['step']}'s batch at step {step}"
         if not dist.all_true(error is None, device):
             raise TrainingStopped("data error, every rank stopped: " + "; ".join(dist.gather_messages(error)))
         t_got = time.perf_counter()
-        if batch["step"] != step:
-            raise TrainingStopped(f"internal: the data stream gave step {batch['step']}'s batch at step {step}")
         if "views" in batch:  # augmented by the loader workers (CPU training)
             x = batch["views"]
         else:
@@ -242,8 +251,9 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         half = len(x) // 2
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
             if cfg.method == "simclr":
-                out = contrastive_step(train_model(x), batch["region"].to(device), batch["speaker"].to(device),
-                                       batch["clip"].to(device), batch["time"].to(device), cfg)
+                out = contrastive_step(train_model(x).float(), batch["region"].to(device),
+                                       batch["speaker"].to(device), batch["clip"].to(device),
+                                       batch["time"].to(device), cfg)
             else:
                 if cfg.method == "byol":
                     unwrap(model).progress = step / max(total_steps, 1)
@@ -258,47 +268,48 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
             if bad_steps >= cfg.max_bad_steps:
                 raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
                                       f"{step}, on some rank); lower lr or check the shards")
-            bar.update(1)
-            continue
-        bad_steps = 0
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-        if cuda:
-            torch.cuda.synchronize()
-        t_done = time.perf_counter()
-        stats = batch["stats"]
-        local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
-                 stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
-        summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
-        top1 = float(summed[0]) / world
-        distinct, missing, other, swaps, unreadable = (int(round(float(x))) for x in summed[1:])
-        masked = int(float(out.get("masked_pairs", 0)))
-        for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
-                     ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
-            totals[k] += v
-        totals["anchors"] += anchors
-        epoch_top1.append(top1)
-        record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
-                  "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
-                  "images_per_s": len(x) * world / (t_done - t_wait),
-                  "data_wait": (t_got - t_wait) / (t_done - t_wait),
-                  "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
-                  "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
-        if "l2" in out:
-            record["l2"] = float(out["l2"].detach())
-        if unreadable:
-            record["unreadable"] = unreadable
-        if cuda:
-            record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "skipped": "loss not finite"}
+        else:
+            bad_steps = 0
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            if cuda:
+                torch.cuda.synchronize()
+            t_done = time.perf_counter()
+            stats = batch["stats"]
+            local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
+                     stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
+            summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
+            top1 = float(summed[0]) / world
+            distinct, missing, other, swaps, unreadable = (int(round(float(v))) for v in summed[1:])
+            masked = int(float(out.get("masked_pairs", 0)))
+            for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
+                         ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
+                totals[k] += v
+            totals["anchors"] += anchors
+            epoch_top1.append(top1)
+            record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
+                      "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
+                      "images_per_s": len(x) * world / (t_done - t_wait),
+                      "data_wait": (t_got - t_wait) / (t_done - t_wait),
+                      "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
+                      "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
+            if "l2" in out:
+                record["l2"] = float(out["l2"].detach())
+            if unreadable:
+                record["unreadable"] = unreadable
+            if cuda:
+                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
         if monitor and (step % cfg.monitor_every == 0 or step == total_steps):
             record.update(watch())
         history.append(record)
-        if main and (step % cfg.log_every == 0 or "monitor_seconds" in record):
+        if main and (step % cfg.log_every == 0 or "monitor_seconds" in record or "skipped" in record):
             with open(log_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {top1:.2f} {record['images_per_s']:.0f} img/s "
-                                f"wait {record['data_wait']:.0%}")
+            if "loss" in record:
+                bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {record['top1']:.2f} "
+                                    f"{record['images_per_s']:.0f} img/s wait {record['data_wait']:.0%}")
         bar.update(1)
         if main and (time.time() - last_ckpt > cfg.ckpt_minutes * 60
                      or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
@@ -319,9 +330,10 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         export_backbone(model, run / "backbone.pt")
         if log_path.is_file():
             plot_curves(log_path, run / "curves.png")
-        if history:
-            summary.update({k: history[-1][k] for k in ("loss", "top1")})
-            summary["top1_first"] = history[0]["top1"]
+        trained = [r for r in history if "loss" in r]
+        if trained:
+            summary.update({k: trained[-1][k] for k in ("loss", "top1")})
+            summary["top1_first"] = trained[0]["top1"]
             watched = [r for r in history if "monitor_seconds" in r]
             if watched:
                 summary.update({k: watched[-1][k] for k in ("monitor_expr_knn", "monitor_id_knn")
