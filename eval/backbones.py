@@ -40,6 +40,44 @@ def detect_arch(state: dict) -> str:
     return arch
 
 
+def imagenet_weights_path(arch: str) -> Path:
+    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+
+
+def row_names(specs: list[str], arch: str) -> dict[str, str]:
+    """A unique, readable row name per distinct checkpoint: `<run folder>/<file>` (the `checkpoints/` folder
+    skipped), more parent folders where two files would share a name; the same file given twice is one row.
+    'random' and 'imagenet' are named with the architecture they use."""
+    files = {}
+    names: dict[str, str] = {}
+    for spec in specs:
+        p = Path(spec.split("=", 1)[1]) if spec.startswith("eyemouth=") else Path(spec)
+        if spec in ("random", "imagenet"):
+            names.setdefault(spec, f"{spec} ({arch})")
+        elif spec == "eyemouth" or (spec.startswith("eyemouth=") and not p.is_file()):
+            names.setdefault(spec, "eye-mouth descriptor (imagenet)")
+        elif p.is_file():
+            key = p.resolve()
+            if key not in files:
+                files[key] = spec
+        else:
+            names.setdefault(spec, spec)  # load_backbone reports it as missing
+    parts = {k: [x for x in k.parts if x != "checkpoints"] for k in files}
+    depth = {k: 2 for k in files}
+    while True:
+        label = {k: "/".join(parts[k][-depth[k]:]) for k in files}
+        clash = {k for k in files if list(label.values()).count(label[k]) > 1 and depth[k] < len(parts[k])}
+        if not clash:
+            break
+        for k in clash:
+            depth[k] += 1
+    for k, spec in files.items():
+        prefix = "eye-mouth descriptor " if spec.startswith("eyemouth=") else ""
+        names[spec] = f"{prefix}{label[k]}"
+    return {spec: names[spec] for spec in dict.fromkeys(specs) if spec in names}
+
+
 def load_backbone(spec: str, arch: str = "resnet50", seed: int = 0) -> tuple[str, torch.nn.Module, int]:
     """(display name, backbone in eval mode without classifier, feature width)."""
     if spec == "random":
@@ -47,10 +85,10 @@ def load_backbone(spec: str, arch: str = "resnet50", seed: int = 0) -> tuple[str
         net, width = resnet_backbone(arch)
         return f"random ({arch})", net.eval(), width
     if spec == "imagenet":
-        weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-        path = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+        path = imagenet_weights_path(arch)
         if not path.is_file():
-            raise CheckpointError(f"ImageNet {arch} weights not found at {path}: download {weights.url} there")
+            url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
+            raise CheckpointError(f"ImageNet {arch} weights not found at {path}: download {url} there")
         state = torch.load(path, map_location="cpu", weights_only=True)
         name = f"imagenet ({arch})"
     else:

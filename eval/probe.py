@@ -58,11 +58,11 @@ def _selection_score(task: str, s: dict) -> float:
 
 
 def train_head(task: str, inputs: dict, targets: dict, n_classes: int, cfg, device: str,
-               forward, params, make_batch, desc: str) -> Result:
+               forward, params, make_batch, desc: str, seed: int) -> Result:
     """The shared training loop: Adam, cosine per iteration, Balanced Softmax (expr) or CCC loss (va), best
-    epoch by validation; `forward(batch_inputs, train)` maps a batch to outputs."""
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    epoch by validation; `forward(batch_inputs, train)` maps a batch to outputs. The caller has seeded torch
+    with `seed` before building the head (dropout draws follow from it)."""
+    rng = np.random.default_rng(seed)
     n_train = len(targets["train"])
     steps = max(1, math.ceil(n_train / cfg.batch_size)) * cfg.epochs
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -118,24 +118,31 @@ class _Forward:
             return self.fn(batch, train)
 
 
-def linear_probe(task: str, features: dict, targets: dict, n_classes: int, cfg, device: str) -> Result:
-    """Head on frozen, cached features."""
+def linear_probe(task: str, features: dict, targets: dict, n_classes: int, cfg, device: str,
+                 seed: int | None = None) -> Result:
+    """Head on frozen, cached features. Everything random (head initialisation, dropout, batch order) follows
+    from `seed` (default cfg.seed), whatever ran before."""
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
     width = features["train"].shape[1]
     net = head(width, n_classes if task == "expr" else 2).to(device)
     feats = {k: torch.from_numpy(v).float() for k, v in features.items()}
     t0 = time.perf_counter()
     r = train_head(task, feats, targets, n_classes, cfg, device,
                    _Forward(net, lambda b, train: net(b.to(device))), net.parameters(),
-                   lambda x, idx: x[idx], f"linear {task}")
+                   lambda x, idx: x[idx], f"linear {task}", seed)
     r.metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return r
 
 
 def fine_tune(task: str, backbone: nn.Module, width: int, faces: dict, targets: dict, n_classes: int, cfg,
-              device: str) -> Result:
-    """Backbone + head, trained end to end on the aligned faces (random crop and flip for training)."""
+              device: str, seed: int | None = None) -> Result:
+    """Backbone + head, trained end to end on the aligned faces (random crop and flip for training); seeded
+    like linear_probe."""
+    seed = cfg.seed if seed is None else seed
+    torch.manual_seed(seed)
     net = nn.Sequential(copy.deepcopy(backbone), head(width, n_classes if task == "expr" else 2)).to(device)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def run(batch, train):
         x = torch.from_numpy(batch).to(device).permute(0, 3, 1, 2)
@@ -149,6 +156,22 @@ def fine_tune(task: str, backbone: nn.Module, width: int, faces: dict, targets: 
 
     t0 = time.perf_counter()
     res = train_head(task, faces, targets, n_classes, cfg, device, _Forward(net, run), net.parameters(),
-                     lambda x, idx: x[idx], f"fine-tune {task}")
+                     lambda x, idx: x[idx], f"fine-tune {task}", seed)
     res.metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return res
+
+
+def over_seeds(run, seeds: list[int]) -> Result:
+    """`run(seed) -> Result` for every seed: the first seed's Result (curves, predictions, model) with the test
+    scores replaced by their mean over the seeds, plus `test_std`, `test_per_seed` and `seeds`."""
+    results = [run(s) for s in seeds]
+    first = results[0]
+    if len(results) == 1:
+        return first
+    tests = [r.metrics["test"] for r in results]
+    numeric = [k for k, v in tests[0].items() if isinstance(v, float)]
+    first.metrics["test_per_seed"] = [{k: t[k] for k in numeric} for t in tests]
+    first.metrics["test"] = {**tests[0], **{k: float(np.mean([t[k] for t in tests])) for k in numeric}}
+    first.metrics["test_std"] = {k: float(np.std([t[k] for t in tests])) for k in numeric}
+    first.metrics["seeds"] = list(seeds)
+    return first

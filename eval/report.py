@@ -28,6 +28,11 @@ def _value(section: dict, key: str):
     return section.get("test", section).get(key)
 
 
+def _std(section: dict, key: str):
+    """The standard deviation over probe seeds, when the head was trained with several."""
+    return (section or {}).get("test_std", {}).get(key)
+
+
 def table(results: dict[str, dict], prefix: str = "") -> str:
     """Markdown table: a row per checkpoint, the columns any of them has; numbers of images in brackets."""
     cols = [c for c in COLUMNS if any(_value(r.get(c[1]), c[2]) is not None for r in results.values())]
@@ -38,8 +43,13 @@ def table(results: dict[str, dict], prefix: str = "") -> str:
     for name, r in results.items():
         cells = []
         for title, section, key, fmt in cols:
-            v = _value(r.get(section), key)
-            cells.append("–" if v is None else (f"{100 * v:.1f}%" if fmt == "pct" else f"{v:.3f}"))
+            v, sd = _value(r.get(section), key), _std(r.get(section), key)
+            if v is None:
+                cells.append("–")
+            elif fmt == "pct":
+                cells.append(f"{100 * v:.1f}%" + (f" ± {100 * sd:.1f}" if sd is not None else ""))
+            else:
+                cells.append(f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -10,22 +10,38 @@ from pathlib import Path
 import numpy as np
 
 from eval import report as R
-from eval.backbones import load_backbone
+from eval.backbones import load_backbone, row_names
 from eval.datasets import Dataset, limit
 from preprocess.stills import aligned_faces, alignment_counts
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
-from eval.probe import extract_features, fine_tune, linear_probe
+from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
 from preprocess.cache import load_npz, save_npz
 from preprocess.face_geometry import TEMPLATE_UNIT, crop_region
 from preprocess.regions import resolve_device
 
 
-def _spec_key(spec: str) -> str:
+def file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _spec_key(spec: str, arch: str, seed: int) -> str:
+    """Everything about a backbone that changes its features: a file's content; for 'random' the architecture
+    and the seed; for 'imagenet' the architecture and the weights file's content."""
     p = Path(spec.split("=", 1)[-1])
     if p.is_file():
-        st = p.stat()
-        return hashlib.sha1(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+        return f"file:{file_digest(p)}"
+    if spec == "random":
+        return f"random:{arch}:{seed}"
+    if spec == "imagenet":
+        from eval.backbones import imagenet_weights_path
+
+        w = imagenet_weights_path(arch)
+        return f"imagenet:{arch}:{file_digest(w) if w.is_file() else 'missing'}"
     return spec
 
 
@@ -55,18 +71,28 @@ class Evaluator:
         for split, items in self.items.items():
             if not items:
                 raise ValueError(f"{ds.name}: the {split} split is empty")
-            self.faces[split], self.how[split] = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}")
+            faces, how = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}")
+            readable = [h != "unreadable" for h in how]
+            if not all(readable):  # left out and counted, never scored as black images
+                ds.skipped[f"unreadable image ({split})"] = readable.count(False)
+                items = [it for it, ok in zip(items, readable) if ok]
+                faces, how = faces[np.array(readable)], [h for h in how if h != "unreadable"]
+                if not items:
+                    raise ValueError(f"{ds.name}: no readable image in the {split} split")
+            self.items[split], self.faces[split], self.how[split] = items, faces, how
 
-    def backbone(self, spec: str):
+    def backbone(self, spec: str, name: str):
+        """(row name, backbone or None for the eye-mouth descriptor, feature width)."""
         if spec.startswith("eyemouth"):
-            return f"eye-mouth descriptor ({spec.partition('=')[2] or 'imagenet'})", None, 1024
-        return load_backbone(spec, self.cfg.arch, self.cfg.seed)
+            return name, None, 1024
+        _, net, width = load_backbone(spec, self.cfg.arch, self.cfg.seed)
+        return name, net, width
 
     def features(self, spec: str, backbone, split: str) -> np.ndarray:
         from preprocess.stills import cache_key
 
-        key = hashlib.sha1(f"{_spec_key(spec)}|{cache_key(self.items[split])}|{self.cfg.image_size}"
-                           .encode()).hexdigest()[:16]
+        key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|{cache_key(self.items[split])}|"
+                           f"{self.cfg.image_size}".encode()).hexdigest()[:16]
         path = self.cache / f"features-{key}.npz"
         if path.is_file():
             return load_npz(path)[0]["features"]
@@ -99,8 +125,9 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
     results, curves, grids, grid_labels = {}, {}, {}, []
     report_dir.mkdir(parents=True, exist_ok=True)
     gradcam_idx = _gradcam_images(labels["test"], n_classes, cfg)
-    for spec in specs:
-        name, backbone, width = ev.backbone(spec)
+    seeds = [cfg.seed + i for i in range(max(1, cfg.probe_seeds))]
+    for spec, row_name in row_names(specs, cfg.arch).items():
+        name, backbone, width = ev.backbone(spec, row_name)
         row = {}
         feats = {s: ev.features(spec, backbone, s) for s in ev.items} if "linear" in protocols else None
         for task in tasks:
@@ -109,7 +136,8 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
             else:
                 targets, sel = {k: va[k][va_ok[k]] for k in va}, va_ok
             if "linear" in protocols:
-                r = linear_probe(task, {k: feats[k][sel[k]] for k in feats}, targets, n_classes, cfg, ev.device)
+                r = over_seeds(lambda s: linear_probe(task, {k: feats[k][sel[k]] for k in feats}, targets,
+                                                      n_classes, cfg, ev.device, s), seeds)
                 row[f"linear_{task}"] = r.metrics
                 curves[f"{name} linear {task}"] = r.curves
                 if task == "expr":
@@ -118,7 +146,8 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
                         grids[name] = _gradcam(backbone, r.model, ev.faces["test"][gradcam_idx], cfg, ev.device)
             if "finetune" in protocols and backbone is not None:
                 faces = {k: ev.faces[k][sel[k]] for k in ev.faces}
-                r = fine_tune(task, backbone, width, faces, targets, n_classes, cfg, ev.device)
+                r = over_seeds(lambda s: fine_tune(task, backbone, width, faces, targets, n_classes, cfg,
+                                                   ev.device, s), seeds)
                 row[f"finetune_{task}"] = r.metrics
                 curves[f"{name} fine-tune {task}"] = r.curves
                 if task == "expr":
@@ -186,8 +215,8 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
     pair_list = [(index.get(str(a)), index.get(str(b)), s) for a, b, s in pair_list]
     pair_list = [p for p in pair_list if p[0] is not None and p[1] is not None]
     results = {}
-    for spec in specs:
-        name, backbone, _ = ev.backbone(spec)
+    for spec, row_name in row_names(specs, cfg.arch).items():
+        name, backbone, _ = ev.backbone(spec, row_name)
         f = ev.features(spec, backbone, "all")
         row = {"fr_knn": {"acc": knn_accuracy(f, identities, gallery, probe), "people": len(people),
                           "gallery": int(len(gallery)), "n": int(len(probe))}}

@@ -21,6 +21,9 @@ class EvalConfig:
     val_fraction: float = option(0.1, "share of the training split carved out for model selection")
     test_fraction: float = option(0.1, "share carved out as the test split when the dataset has none")
     seed: int = option(0, "random seed (splits, heads, Grad-CAM images)")
+    probe_seeds: int = option(1, "train each head (linear and fine-tune) with this many seeds (seed, seed+1, ...: "
+                                 "initialisation, dropout, batch order; the splits stay those of seed) and "
+                                 "report the mean, the standard deviation and every seed's test scores")
     device: str = option("auto", "auto | cpu | cuda")
     workers: int = option(2, "processes for face alignment")
     arch: str = option("resnet50", "architecture for CKPT=random or imagenet (checkpoints carry their own)")

@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import shutil
 
 import cv2
 import numpy as np
@@ -214,3 +215,77 @@ def test_real_fer2013_and_lfw(tmp_path):
                  *common]) == 0
     knn = json.loads((tmp_path / "lfw" / "metrics.json").read_text())["checkpoints"]["random (resnet18)"]["fr_knn"]
     assert knn["people"] == 62 and 1 / 62 < knn["acc"] < 1
+
+
+def _fake_run(root, seed, arch="resnet18"):
+    import torchvision
+
+    torch.manual_seed(seed)
+    path = root / "checkpoints" / "last.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(getattr(torchvision.models, arch)().state_dict(), path)
+    return path
+
+
+def _linear(affectnet_dir, tmp_path, report, ckpts, *extra):
+    from eval.__main__ import main
+
+    flags = [x for c in ckpts for x in ("--ckpt", str(c))]
+    assert main(["affectnet", str(affectnet_dir), *flags, "--report", str(tmp_path / report), *TINY,
+                 f"cache_dir={tmp_path / 'cache'}", "protocol=linear", "gradcam_per_class=0", *extra]) == 0
+    return json.loads((tmp_path / report / "metrics.json").read_text())["checkpoints"]
+
+
+def test_two_runs_last_pt_get_two_rows_and_scores_do_not_depend_on_order(affectnet_dir, tmp_path):
+    a = _fake_run(tmp_path / "runs" / "simclr", 1)
+    b = _fake_run(tmp_path / "runs" / "sslfer", 2)
+    c = _fake_run(tmp_path / "other" / "sslfer", 3)  # the same run name elsewhere: one more folder in its name
+    forward = _linear(affectnet_dir, tmp_path, "f", ["random", a, b, c, b])
+    assert list(forward) == ["random (resnet18)", "simclr/last.pt", "runs/sslfer/last.pt",
+                             "other/sslfer/last.pt"]
+    backward = _linear(affectnet_dir, tmp_path, "b", [c, b, a, "random"])
+    for name, row in forward.items():
+        assert backward[name]["linear_expr"]["test"]["f1"] == row["linear_expr"]["test"]["f1"], name
+        assert backward[name]["linear_expr"]["test"]["confusion"] == row["linear_expr"]["test"]["confusion"]
+
+
+def test_feature_caches_know_the_architecture_and_seed(affectnet_dir, tmp_path):
+    r18 = _linear(affectnet_dir, tmp_path, "a", ["random"])
+    n = len(list((tmp_path / "cache").glob("features-*.npz")))
+    r34 = _linear(affectnet_dir, tmp_path, "b", ["random"], "arch=resnet34")
+    assert list(r18) == ["random (resnet18)"] and list(r34) == ["random (resnet34)"]
+    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 2 * n  # not the resnet18 features again
+    _linear(affectnet_dir, tmp_path, "c", ["random"], "seed=5")
+    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3 * n
+
+
+def test_probe_seeds_report_mean_and_spread(affectnet_dir, tmp_path):
+    row = _linear(affectnet_dir, tmp_path, "p", ["random"], "probe_seeds=3")["random (resnet18)"]["linear_expr"]
+    per = row["test_per_seed"]
+    assert row["seeds"] == [0, 1, 2] and len(per) == 3
+    assert row["test"]["f1"] == pytest.approx(np.mean([p["f1"] for p in per]))
+    assert row["test_std"]["f1"] == pytest.approx(np.std([p["f1"] for p in per]))
+    single = _linear(affectnet_dir, tmp_path, "q", ["random"])["random (resnet18)"]["linear_expr"]
+    assert single["test"]["f1"] == per[0]["f1"]  # the first repeat is exactly the single-seed run
+    assert len({p["f1"] for p in per}) > 1 or len({p["acc"] for p in per}) > 1  # the heads differ
+
+
+def test_unreadable_images_are_left_out_and_counted(affectnet_dir, tmp_path):
+    copy = tmp_path / "affectnet"
+    shutil.copytree(affectnet_dir, copy)
+    bad = sorted((copy / "Manually_Annotated_Images").rglob("validation_*.jpg"))[0]
+    bad.write_text("not an image")
+    from eval.__main__ import main
+
+    assert main(["affectnet", str(copy), "--ckpt", "random", "--report", str(tmp_path / "r"), *TINY,
+                 f"cache_dir={tmp_path / 'cache'}", "protocol=linear", "gradcam_per_class=0"]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["skipped"]["unreadable image (test)"] == 1
+    assert m["images"]["test"] == 8 and m["checkpoints"]["random (resnet18)"]["linear_expr"]["test"]["n"] == 8
+
+
+def test_report_shows_the_spread_over_probe_seeds():
+    from eval.report import table
+
+    row = {"ck": {"linear_expr": {"test": {"f1": 0.5, "acc": 0.25}, "test_std": {"f1": 0.02, "acc": 0.01}}}}
+    assert "| ck | 50.0% ± 2.0 | 25.0% ± 1.0 |" in table(row)
