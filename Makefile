@@ -17,9 +17,9 @@ TASK ?= expr
 REPORT ?=
 RUNS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
-	protocol=$(PROTOCOL) task=$(TASK) $(ARGS)
+	protocol=$(PROTOCOL) task=$(TASK) $(3) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
 	bench-shards bench-train bench-batches bench-eval experiment
 
 help:
@@ -31,7 +31,8 @@ help:
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
 	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both]"
-	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv>;  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
+	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv> (300 epochs, the paper's);  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
+	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
 	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
 	@echo "make report RUNS=\"<report dirs>\"  one table from several evaluation reports"
 	@echo "make test                       run the test suite"
@@ -69,7 +70,10 @@ eval-affectnet: setup
 	$(call EVAL,affectnet,$(AFFECTNET))
 
 eval-fer2013: setup
-	$(call EVAL,fer2013,$(FER2013))
+	$(call EVAL,fer2013,$(FER2013),epochs=300)
+
+eval-rafdb: setup
+	$(call EVAL,rafdb,$(RAFDB))
 
 eval-lfw: setup
 	$(PY) -m eval lfw "$(LFW)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") $(ARGS)

@@ -19,7 +19,7 @@ def main(argv=None) -> int:
                "ResNet state dict, the official code's checkpoints, 'imagenet', 'random', or 'eyemouth' (the "
                "ImageNet ResNet18 eye+mouth descriptor of Table 5; 'eyemouth=<weights file>').\n\n"
                "options (key=value):\n" + options_help(EvalConfig))
-    parser.add_argument("dataset", choices=["fer2013", "affectnet", "lfw", "folder", "report"],
+    parser.add_argument("dataset", choices=["fer2013", "affectnet", "rafdb", "lfw", "folder", "report"],
                         help="which protocol; 'folder' = any <class>/* image folders; 'report' joins reports")
     parser.add_argument("data", nargs="+", help="the dataset folder (or fer2013.csv); for 'report': report folders")
     parser.add_argument("--ckpt", action="append", default=[], help="backbone to evaluate (repeatable)")
@@ -58,6 +58,8 @@ def main(argv=None) -> int:
                 ds = D.fer2013(data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
             elif args.dataset == "affectnet":
                 ds = D.affectnet(data, cfg.classes, cfg.val_fraction, cfg.seed)
+            elif args.dataset == "rafdb":
+                ds = D.rafdb(data, cfg.val_fraction, cfg.seed)
             else:
                 ds = D.image_folder(data, data.name, cfg.val_fraction, cfg.test_fraction, cfg.seed)
             metrics = evaluate_expressions(ds, args.ckpt, cfg, report_dir)

@@ -11,6 +11,8 @@ import numpy as np
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 AFFECTNET_CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"]
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer2013.csv order
+# RAF-DB basic: labels 1-7 of list_patition_label.txt, in that order
+RAFDB_CLASSES = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
 
 
 class DatasetError(ValueError):
@@ -88,10 +90,17 @@ def image_folder(root: Path, name: str, val_fraction: float, test_fraction: floa
     notes = []
     if (root / "test").is_dir():
         test = read(root / "test")
+        notes.append(f"test split: {root / 'test'} ({len(test)} images)")
     else:
         train, test = carve(train, test_fraction, seed, "test")
         notes.append(f"no test split given: {len(test)} images carved from train as the test set")
-    train, val = carve(train, val_fraction, seed, "val")
+    val_dir = next((root / d for d in ("val", "valid", "validation") if (root / d).is_dir()), None)
+    if val_dir is not None:
+        val = read(val_dir)
+        notes.append(f"validation split: {val_dir} ({len(val)} images)")
+    else:
+        train, val = carve(train, val_fraction, seed, "val")
+        notes.append(f"validation: {len(val)} images carved from train")
     empty = [c for i, c in enumerate(names) if not any(it.label == i for it in train)]
     if empty:
         notes.append(f"classes with no training image: {', '.join(empty)}")
@@ -99,14 +108,17 @@ def image_folder(root: Path, name: str, val_fraction: float, test_fraction: floa
 
 
 def fer2013(root: Path, val_fraction: float, test_fraction: float, seed: int) -> Dataset:
-    """fer2013.csv (Training / PrivateTest for selection / PublicTest for test, as usef-kh/fer) or folders."""
-    csv_path = root if root.suffix == ".csv" else root / "fer2013.csv"
+    """fer2013.csv or Kaggle's icml_face_data.csv (Training / PrivateTest for selection / PublicTest for test, as
+    usef-kh/fer and the paper), or folders (Kaggle's test/ holds PublicTest and PrivateTest together)."""
+    csv_path = root if root.suffix == ".csv" else next(
+        (root / n for n in ("fer2013.csv", "icml_face_data.csv") if (root / n).is_file()), root / "fer2013.csv")
     if csv_path.is_file():
         splits = {"train": [], "val": [], "test": []}
         usage = {"Training": "train", "PrivateTest": "val", "PublicTest": "test"}
         skipped: dict[str, int] = {}
         with open(csv_path, newline="") as f:
             for n, row in enumerate(csv.DictReader(f), start=2):
+                row = {(k or "").strip(): v for k, v in row.items()}  # icml_face_data.csv: ' Usage', ' pixels'
                 try:
                     label = int(row["emotion"])
                     assert 0 <= label < len(FER2013_CLASSES) and len(row["pixels"].split()) == 48 * 48
@@ -118,8 +130,14 @@ def fer2013(root: Path, val_fraction: float, test_fraction: float, seed: int) ->
                     _count(skipped, "unknown Usage")
                     continue
                 splits[split].append(Item(f"{csv_path.name}:{n}", label, pixels=row["pixels"]))
-        return Dataset("fer2013", FER2013_CLASSES, splits, skipped)
-    return image_folder(root, "fer2013", val_fraction, test_fraction, seed)
+        return Dataset("fer2013", FER2013_CLASSES, splits, skipped,
+                       [f"{csv_path.name}: Training for training, PrivateTest for model selection, PublicTest "
+                        f"as the test set (the paper's protocol)"])
+    ds = image_folder(root, "fer2013", val_fraction, test_fraction, seed)
+    if (root / "test").is_dir():
+        ds.notes.append("Kaggle folders: test/ holds PublicTest and PrivateTest together, so scores are not those "
+                        "of the CSV's PublicTest")
+    return ds
 
 
 def _affectnet_csv(path: Path, images: Path, n_classes: int, skipped: dict) -> list[Item]:
@@ -171,6 +189,43 @@ def affectnet(root: Path, n_classes: int, val_fraction: float, seed: int) -> Dat
         raise DatasetError(f"{root}: no usable rows in {'training' if not train else 'validation'}.csv")
     train, val = carve(train, val_fraction, seed, "val")
     return Dataset("affectnet", AFFECTNET_CLASSES[:n_classes], {"train": train, "val": val, "test": test}, skipped)
+
+
+def rafdb(root: Path, val_fraction: float, seed: int) -> Dataset:
+    """RAF-DB (basic) as distributed: EmoLabel/list_patition_label.txt ('train_00001.jpg 5', labels 1-7) and
+    Image/aligned/<name>_aligned.jpg (else Image/original/<name>); train vs test as the file names say,
+    validation carved from train."""
+    labels = root / "EmoLabel" / "list_patition_label.txt"
+    if not labels.is_file():
+        raise DatasetError(f"{root}: no EmoLabel/list_patition_label.txt (RAF-DB basic layout)")
+    aligned, original = root / "Image" / "aligned", root / "Image" / "original"
+    splits: dict[str, list[Item]] = {"train": [], "test": []}
+    skipped: dict[str, int] = {}
+    for line in labels.read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            name, label = parts[0], int(parts[1]) - 1
+            assert 0 <= label < 7 and name.split("_")[0] in splits
+        except (IndexError, ValueError, AssertionError):
+            _count(skipped, "bad label line")
+            continue
+        stem, ext = name.rsplit(".", 1)
+        path = aligned / f"{stem}_aligned.{ext}"
+        if not path.is_file():
+            path = original / name
+        if not path.is_file():
+            _count(skipped, "image listed but missing")
+            continue
+        splits[name.split("_")[0]].append(Item(str(path), label))
+    if not splits["train"] or not splits["test"]:
+        raise DatasetError(f"{root}: no usable {'train' if not splits['train'] else 'test'} images")
+    train, val = carve(splits["train"], val_fraction, seed, "val")
+    which = "aligned" if str(aligned) in splits["test"][0].source else "original"
+    return Dataset("rafdb", RAFDB_CLASSES, {"train": train, "val": val, "test": splits["test"]}, skipped,
+                   [f"RAF-DB basic, {which} images; test = the distributed test split; validation carved from "
+                    f"train ({len(val)} images)"])
 
 
 def lfw(root: Path) -> Dataset:

@@ -34,8 +34,9 @@ def knn_accuracy(features: np.ndarray, identities: list[str], gallery: np.ndarra
     return float((ids[gallery][nearest] == ids[probe]).mean())
 
 
-def read_pairs(path: Path, root: Path) -> list[tuple[Path, Path, bool]]:
-    """LFW pairs.txt: 'name i j' (same person) or 'name1 i name2 j' (different), after a header line."""
+def read_pairs(path: Path, root: Path, folds: int = 10) -> list[tuple[Path, Path, bool, int]]:
+    """LFW pairs.txt: 'name i j' (same person) or 'name1 i name2 j' (different), after a header line; with the
+    fold of each pair: pairs.txt holds its folds as contiguous blocks (fold k = the k-th tenth of the lines)."""
     pairs = []
     for line in Path(path).read_text().splitlines()[1:]:
         parts = line.split()
@@ -46,15 +47,15 @@ def read_pairs(path: Path, root: Path) -> list[tuple[Path, Path, bool]]:
         else:
             continue
         pairs.append((root / a[0] / f"{a[0]}_{a[1]:04d}.jpg", root / b[0] / f"{b[0]}_{b[1]:04d}.jpg", same))
-    return pairs
+    return [(a, b, same, i * folds // len(pairs)) for i, (a, b, same) in enumerate(pairs)]
 
 
-def verification_accuracy(sim: np.ndarray, same: np.ndarray, folds: int = 10) -> float:
-    """10-fold verification: the threshold that is best on 9 folds, scored on the 10th; mean over folds."""
-    idx = np.arange(len(sim))
+def verification_accuracy(sim: np.ndarray, same: np.ndarray, fold: np.ndarray) -> float:
+    """Verification over the given folds: the threshold that is best on the other folds, scored on each fold;
+    mean over folds."""
     accs = []
-    for k in range(folds):
-        test = idx % folds == k
+    for k in np.unique(fold):
+        test = fold == k
         train = ~test
         candidates = np.unique(sim[train])
         best = max(candidates, key=lambda t: ((sim[train] >= t) == same[train]).mean())

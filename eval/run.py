@@ -212,7 +212,7 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
         raise ValueError(f"lfw: fewer than 2 people with >= {cfg.knn_min_images} images")
     pair_list = read_pairs(pairs, Path(items[0].source).parents[1]) if pairs else []
     index = {it.source: i for i, it in enumerate(items)}
-    pair_list = [(index.get(str(a)), index.get(str(b)), s) for a, b, s in pair_list]
+    pair_list = [(index.get(str(a)), index.get(str(b)), s, k) for a, b, s, k in pair_list]
     pair_list = [p for p in pair_list if p[0] is not None and p[1] is not None]
     results = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
@@ -222,8 +222,9 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                           "gallery": int(len(gallery)), "n": int(len(probe))}}
         if pair_list:
             u = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-            sim = np.array([u[a] @ u[b] for a, b, _ in pair_list])
-            row["verification"] = {"acc": verification_accuracy(sim, np.array([s for *_, s in pair_list])),
+            sim = np.array([u[a] @ u[b] for a, b, _, _ in pair_list])
+            row["verification"] = {"acc": verification_accuracy(sim, np.array([p[2] for p in pair_list]),
+                                                                np.array([p[3] for p in pair_list])),
                                    "n": len(pair_list)}
         results[name] = row
     ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "

@@ -175,7 +175,23 @@ def test_knn_and_verification_by_hand():
     assert knn_accuracy(feats, ids, gallery, probe) == 1.0
     sim = np.array([0.9, 0.8, 0.2, 0.1] * 5)
     same = np.array([True, True, False, False] * 5)
-    assert verification_accuracy(sim, same) == 1.0
+    assert verification_accuracy(sim, same, np.arange(20) % 10) == 1.0
+    # two folds; the threshold learnt on one is scored on the other
+    sim = np.array([0.9, 0.6, 0.5, 0.1, 0.9, 0.7, 0.65, 0.2])
+    same = np.array([True, True, False, False, True, True, False, False])
+    fold = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    # fold 0 learns t in (0.5, 0.6]: on fold 1 0.65 >= 0.6 is a false accept (3/4); fold 1 learns t = 0.7:
+    # on fold 0 0.6 is a false reject (3/4)
+    assert verification_accuracy(sim, same, fold) == pytest.approx(0.75)
+
+
+def test_lfw_pairs_folds_are_contiguous_blocks(tmp_path):
+    from eval.knn import read_pairs
+
+    lines = ["10\t2"] + [f"A\t1\t{i + 2}" if i % 4 < 2 else f"A\t1\tB\t{i}" for i in range(40)]
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    folds = [p[3] for p in read_pairs(tmp_path / "pairs.txt", tmp_path)]
+    assert folds == [i // 4 for i in range(40)]
 
 
 def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
@@ -289,3 +305,54 @@ def test_report_shows_the_spread_over_probe_seeds():
 
     row = {"ck": {"linear_expr": {"test": {"f1": 0.5, "acc": 0.25}, "test_std": {"f1": 0.02, "acc": 0.01}}}}
     assert "| ck | 50.0% ± 2.0 | 25.0% ± 1.0 |" in table(row)
+
+
+def test_rafdb_layout_is_read_as_distributed(tmp_path, photos):
+    from eval.datasets import RAFDB_CLASSES, rafdb
+
+    root = tmp_path / "RAF-DB" / "basic"
+    (root / "EmoLabel").mkdir(parents=True)
+    (root / "Image" / "aligned").mkdir(parents=True)
+    lines = []
+    for split, n in (("train", 12), ("test", 6)):
+        for i in range(1, n + 1):
+            name = f"{split}_{i:05d}.jpg"
+            label = 4 if i % 2 else 7  # happiness, neutral
+            lines.append(f"{name} {label}")
+            img = _face_image(photos[list(photos)[i % 2]], i, 100)
+            cv2.imwrite(str(root / "Image" / "aligned" / f"{split}_{i:05d}_aligned.jpg"), img[..., ::-1])
+    lines += ["test_09999.jpg 3", "train_00100.jpg 9"]  # missing image; label out of range
+    (root / "EmoLabel" / "list_patition_label.txt").write_text("\n".join(lines) + "\n")
+    ds = rafdb(root, 0.25, 0)
+    assert ds.classes == RAFDB_CLASSES and len(ds.splits["test"]) == 6
+    assert len(ds.splits["train"]) + len(ds.splits["val"]) == 12
+    assert {it.label for it in ds.splits["test"]} == {3, 6}
+    assert ds.skipped == {"image listed but missing": 1, "bad label line": 1}
+    from eval.__main__ import main
+
+    assert main(["rafdb", str(root), "--ckpt", "random", "--report", str(tmp_path / "r"), *TINY,
+                 f"cache_dir={tmp_path / 'cache'}", "protocol=linear", "gradcam_per_class=0"]) == 0
+    m = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert m["dataset"] == "rafdb" and m["checkpoints"]["random (resnet18)"]["linear_expr"]["test"]["n"] == 6
+
+
+def test_fer2013_kaggle_csv_with_spaced_headers_and_val_folders(tmp_path):
+    from eval.datasets import fer2013, image_folder
+
+    pixels = " ".join(["128"] * 48 * 48)
+    rows = [["emotion", " Usage", " pixels"]] + [[str(i % 7), u, pixels] for i, u in
+                                                 enumerate(["Training"] * 8 + ["PrivateTest"] * 3 + ["PublicTest"] * 2)]
+    with open(tmp_path / "icml_face_data.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    ds = fer2013(tmp_path, 0.1, 0.1, 0)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 8, "val": 3, "test": 2}
+    assert "PublicTest as the test set" in ds.notes[0]
+    root = tmp_path / "folders"
+    for split, n in (("train", 6), ("val", 2), ("test", 3)):
+        for c in ("happy", "sad"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(root / split / c / f"{i}.jpg"), np.full((48, 48, 3), 100, np.uint8))
+    ds = image_folder(root, "x", 0.5, 0.5, 0)
+    assert {k: len(v) for k, v in ds.splits.items()} == {"train": 12, "val": 4, "test": 6}
+    assert any("validation split" in n for n in ds.notes)
