@@ -28,6 +28,7 @@ class Item:
     identity: str = ""
     box: tuple | None = None        # x, y, w, h of the face when the dataset gives it
     pixels: str = ""                # FER2013 CSV: 48x48 grey values
+    points: tuple | None = None     # five alignment points from the dataset's landmarks (AffectNet)
 
 
 @dataclass
@@ -164,8 +165,21 @@ def _affectnet_csv(path: Path, images: Path, n_classes: int, skipped: dict) -> l
                 continue
             va_ok = valence != -2 and arousal != -2
             items.append(Item(str(p), label, valence if va_ok else math.nan, arousal if va_ok else math.nan,
-                              box=box))
+                              box=box, points=affectnet_points(row.get("facial_landmarks", ""))))
     return items
+
+
+def affectnet_points(text: str) -> tuple | None:
+    """AffectNet's 68 landmarks ('x;y;x;y;...') as the five alignment points, or None when absent or malformed."""
+    from preprocess.face_geometry import five_points_68
+
+    try:
+        values = [float(v) for v in text.split(";") if v.strip()]
+    except ValueError:
+        return None
+    if len(values) != 136:
+        return None
+    return tuple(five_points_68(np.array(values).reshape(68, 2)).ravel().round(2).tolist())
 
 
 def affectnet(root: Path, n_classes: int, val_fraction: float, seed: int) -> Dataset:

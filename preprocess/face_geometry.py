@@ -36,6 +36,13 @@ def five_points(landmarks: np.ndarray) -> np.ndarray:
                      lm[MOUTH_CORNERS[0]], lm[MOUTH_CORNERS[1]]])
 
 
+def five_points_68(landmarks68: np.ndarray) -> np.ndarray:
+    """The same five points from the 68-point (iBUG/dlib) layout that AffectNet gives: eye centres (points 36-41
+    appear image-left, 42-47 image-right), the nose tip (30) and the mouth corners (48, 54)."""
+    lm = np.asarray(landmarks68, float)[:, :2]
+    return np.stack([lm[36:42].mean(0), lm[42:48].mean(0), lm[30], lm[48], lm[54]])
+
+
 def inter_ocular(landmarks: np.ndarray) -> float:
     p = five_points(landmarks)
     return float(np.linalg.norm(p[1] - p[0]))

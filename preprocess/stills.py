@@ -15,10 +15,10 @@ from tqdm import tqdm
 from dataclasses import dataclass
 
 from preprocess.cache import load_npz, save_npz
-from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, five_points, similarity
+from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
 
 FACE_SIZE = 128
-ALIGN_VERSION = 2
+ALIGN_VERSION = 3
 _mesh = None
 
 
@@ -28,6 +28,7 @@ class Still:
     source: str                     # file path, or "<csv>:<row>" for images stored in a CSV
     box: tuple | None = None        # x, y, w, h of the face when the dataset gives it
     pixels: str = ""                # FER2013 CSV: 48x48 grey values
+    points: tuple | None = None     # the five alignment points (x0, y0, ..., x4, y4) when the dataset gives them
 
 
 def read_image(item: Still) -> np.ndarray | None:
@@ -71,29 +72,57 @@ def _landmarks(rgb: np.ndarray) -> np.ndarray | None:
     return None
 
 
+def _warp(rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
+    return cv2.warpAffine(rgb, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_AREA if np.hypot(*m[0, :2]) < 1
+                          else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def _box_square(box: tuple) -> np.ndarray:
+    """The square (x0, y0, x1, y1) centred on a face box, its side the box's longer one."""
+    x, y, w, h = box
+    side = max(w, h, 1)
+    cx, cy = x + w / 2, y + h / 2
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], float)
+
+
+def _inside(points: np.ndarray, box: tuple, margin: float = 0.25) -> bool:
+    """Whether the points' centre lies in the face box (grown by margin on every side)."""
+    x, y, w, h = box
+    cx, cy = points.mean(0)
+    return x - margin * w <= cx <= x + (1 + margin) * w and y - margin * h <= cy <= y + (1 + margin) * h
+
+
 def align_one(item: Still) -> tuple[np.ndarray | None, str, np.ndarray | None]:
-    """(128x128 RGB face or None, how: 'landmarks' | 'box' | 'full' | 'unreadable', the five alignment
-    points in unit image coordinates when landmarks were found)."""
+    """(128x128 RGB face or None, how, the five alignment points in unit coordinates of the item's fallback
+    frame: its box's square when it has a box, else the whole image). how: 'given landmarks' (the dataset's
+    points, no detector), 'landmarks' (detected; with a box, only a face inside it), 'box' or 'box (detected face
+    outside it)' (the box's square, to be placed by the mean geometry), 'full', 'unreadable'."""
     rgb = read_image(item)
     if rgb is None:
         return None, "unreadable", None
+    h, w = rgb.shape[:2]
+    square = _box_square(item.box) if item.box is not None else np.array([0, 0, w, h], float)
+
+    def unit(pts):
+        return (pts - square[:2]) / (square[2:] - square[:2])
+
+    if item.points is not None:
+        pts = np.asarray(item.points, float).reshape(5, 2)
+        return _warp(rgb, similarity(pts, TEMPLATE_UNIT * FACE_SIZE)), "given landmarks", unit(pts)
     lm = _landmarks(rgb)
-    if lm is not None:
-        m = alignment_matrix(lm, FACE_SIZE)
-        face = cv2.warpAffine(rgb, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_AREA if abs(m[0, 0]) < 1
-                              else cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return face, "landmarks", five_points(lm) / np.array([rgb.shape[1], rgb.shape[0]])
+    outside = lm is not None and item.box is not None and not _inside(five_points(lm), item.box)
+    if lm is not None and not outside:
+        return _warp(rgb, alignment_matrix(lm, FACE_SIZE)), "landmarks", unit(five_points(lm))
     if item.box is not None:
-        x, y, w, h = item.box
-        crop = rgb[max(0, y):y + h, max(0, x):x + w]
-        if crop.size:
-            return cv2.resize(crop, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "box", None
+        m = box_crop_matrix(square, FACE_SIZE)
+        return _warp(rgb, m), "box (detected face outside it)" if outside else "box", None
     return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "full", None
 
 
 def place_by_mean_geometry(full: np.ndarray, mean_points: np.ndarray) -> np.ndarray:
-    """A whole (already cropped) image, resized to 128, moved onto the template as if its face sat where the
-    dataset's detected faces sit on average: fallbacks then match the aligned faces' scale and position."""
+    """A whole (already cropped) image or a face box's square, resized to 128, moved onto the template as if
+    its face sat where the dataset's aligned faces sit on average in that frame: fallbacks then match the
+    aligned faces' scale and position."""
     m = similarity(mean_points * FACE_SIZE, TEMPLATE_UNIT * FACE_SIZE)
     return cv2.warpAffine(full, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -112,6 +141,7 @@ def cache_key(items: list[Still]) -> str:
             st = Path(it.source).stat()
             h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
         h.update(repr(it.box).encode())
+        h.update(repr(getattr(it, "points", None)).encode())
     return h.hexdigest()[:16]
 
 
@@ -123,7 +153,7 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) 
         return arrays["faces"], info["how"]
     faces = np.zeros((len(items), FACE_SIZE, FACE_SIZE, 3), np.uint8)
     how: list[str] = [""] * len(items)
-    points: list[np.ndarray] = []
+    points: dict[bool, list[np.ndarray]] = {True: [], False: []}  # by whether the item has a face box
     chunk = 64
     chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(chunks) > 1 else None
@@ -136,17 +166,18 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) 
                         faces[c * chunk + j] = face
                     how[c * chunk + j] = h
                     if pts is not None:
-                        points.append(pts)
+                        points[items[c * chunk + j].box is not None].append(pts)
                 bar.update(len(out))
     finally:
         if pool:
             pool.terminate()
-    if points:  # whole-image fallbacks placed by the mean geometry of the faces that were found
-        mean_points = np.mean(points, axis=0)
-        for i, h in enumerate(how):
-            if h == "full":
-                faces[i] = place_by_mean_geometry(faces[i], mean_points)
-                how[i] = "full (placed by mean landmarks)"
+    # fallbacks placed by the mean geometry of the faces that were aligned, in the same frame (box or image)
+    means = {k: np.mean(v, axis=0) for k, v in points.items() if v}
+    for i, h in enumerate(how):
+        frame = h.startswith("box")
+        if (h == "full" or frame) and frame in means:
+            faces[i] = place_by_mean_geometry(faces[i], means[frame])
+            how[i] = f"{h} (placed by mean landmarks)"
     save_npz(path, {"faces": faces}, {"how": how})
     return faces, how
 

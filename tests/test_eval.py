@@ -356,3 +356,38 @@ def test_fer2013_kaggle_csv_with_spaced_headers_and_val_folders(tmp_path):
     ds = image_folder(root, "x", 0.5, 0.5, 0)
     assert {k: len(v) for k, v in ds.splits.items()} == {"train": 12, "val": 4, "test": 6}
     assert any("validation split" in n for n in ds.notes)
+
+
+def test_affectnet_landmarks_align_without_the_detector(tmp_path, photos, monkeypatch):
+    from eval.datasets import affectnet_points
+    from preprocess import stills
+    from preprocess.face_geometry import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, five_points
+
+    img = _face_image(photos[list(photos)[0]], 3, 200)
+    path = tmp_path / "face.jpg"
+    cv2.imwrite(str(path), img[..., ::-1])
+    lm = stills._landmarks(img)
+    detected, how, _ = stills.align_one(stills.Still(str(path)))
+    assert how == "landmarks"
+    # AffectNet's 68-point layout carrying the same eye, nose and mouth positions
+    p68 = np.zeros((68, 2))
+    p68[36:42], p68[42:48] = lm[RIGHT_EYE].mean(0), lm[LEFT_EYE].mean(0)
+    p68[30], p68[48], p68[54] = lm[NOSE_TIP], lm[MOUTH_CORNERS[0]], lm[MOUTH_CORNERS[1]]
+    points = affectnet_points(";".join(f"{v:.3f}" for v in p68.ravel()))
+    np.testing.assert_allclose(np.array(points).reshape(5, 2), five_points(lm), atol=0.01)
+    assert affectnet_points("") is None and affectnet_points("1;2;x") is None
+    monkeypatch.setattr(stills, "_landmarks", lambda rgb: pytest.fail("the detector ran"))
+    given, how, _ = stills.align_one(stills.Still(str(path), box=(20, 20, 160, 160), points=points))
+    assert how == "given landmarks"
+    assert np.abs(given.astype(int) - detected.astype(int)).mean() < 2
+
+
+def test_a_detected_face_outside_the_given_box_is_not_used(tmp_path, photos):
+    from preprocess import stills
+
+    img = _face_image(photos[list(photos)[0]], 3, 200)
+    path = tmp_path / "face.jpg"
+    cv2.imwrite(str(path), img[..., ::-1])
+    items = [stills.Still(str(path), box=(30, 30, 140, 140)), stills.Still(str(path), box=(150, 150, 40, 40))]
+    faces, how = stills.aligned_faces(items, tmp_path / "cache", 1, "t")
+    assert how == ["landmarks", "box (detected face outside it) (placed by mean landmarks)"]
