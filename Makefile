@@ -13,14 +13,14 @@ RUN ?= runs/$(PRESET)
 PRESET ?= sslfer
 CKPT ?=
 PROTOCOL ?= both
-TASK ?= expr
+TASK ?=
 REPORT ?=
 RUNS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
-	protocol=$(PROTOCOL) task=$(TASK) $(3) $(ARGS)
+	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
 .PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
-	bench-shards bench-train bench-batches bench-eval experiment
+	bench-shards bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
 	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
@@ -30,7 +30,7 @@ help:
 	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
-	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both]"
+	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both (default)]"
 	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv> (300 epochs, the paper's);  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
 	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
 	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
@@ -67,7 +67,7 @@ pretrain: setup
 	$(PY) -m train "$(SHARDS)" "$(RUN)" --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
 
 eval-affectnet: setup
-	$(call EVAL,affectnet,$(AFFECTNET))
+	$(call EVAL,affectnet,$(AFFECTNET),$(if $(TASK),,task=both))
 
 eval-fer2013: setup
 	$(call EVAL,fer2013,$(FER2013),epochs=300)
@@ -95,6 +95,9 @@ bench-train: setup
 
 bench-batches: setup
 	$(PY) bench/bench_batches.py $(ARGS)
+
+bench-eval-memory: setup
+	$(PY) bench/bench_eval_memory.py $(ARGS)
 
 bench-eval: setup
 	$(PY) bench/bench_eval.py $(ARGS)

@@ -24,16 +24,34 @@ def head(width: int, outputs: int) -> nn.Sequential:
 
 
 @torch.no_grad()
-def extract_features(backbone: nn.Module, faces: np.ndarray, image_size: int, device: str,
-                     batch: int = 256, desc: str = "features") -> np.ndarray:
-    """Backbone features of aligned uint8 faces [N,128,128,3] (resize, centre crop, normalise)."""
+def extract_features(backbone: nn.Module, faces, image_size: int, device: str, batch: int = 256,
+                     desc: str = "features", out_path=None) -> np.ndarray:
+    """Backbone features of aligned uint8 faces [N,128,128,3] (an array or anything indexable by an index array
+    of rows; resize, centre crop, normalise). With out_path: written batch by batch into that .npy and returned
+    memory-mapped (never whole in RAM)."""
+    from preprocess.cache import ArrayWriter
+
     backbone = backbone.to(device).eval()
-    out = []
-    for i in tqdm(range(0, len(faces), batch), desc=desc, unit="batch", dynamic_ncols=True, leave=False):
-        x = torch.from_numpy(faces[i:i + batch]).to(device).permute(0, 3, 1, 2)
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
-            out.append(backbone(eval_transform(x, image_size)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+    out, writer = [], None
+    try:
+        for i in tqdm(range(0, len(faces), batch), desc=desc, unit="batch", dynamic_ncols=True, leave=False):
+            rows = np.arange(i, min(i + batch, len(faces)))
+            x = torch.from_numpy(np.ascontiguousarray(faces[rows])).to(device).permute(0, 3, 1, 2)
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                f = backbone(eval_transform(x, image_size)).float().cpu().numpy()
+            if out_path is None:
+                out.append(f)
+                continue
+            if writer is None:
+                writer = ArrayWriter(out_path, (len(faces), f.shape[1]), np.float32)
+            writer.array[i:i + len(f)] = f
+    except BaseException:
+        if writer is not None:
+            writer.discard()
+        raise
+    if writer is not None:
+        return writer.finish()
+    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 @dataclass
@@ -124,13 +142,12 @@ def linear_probe(task: str, features: dict, targets: dict, n_classes: int, cfg, 
     from `seed` (default cfg.seed), whatever ran before."""
     seed = cfg.seed if seed is None else seed
     torch.manual_seed(seed)
-    width = features["train"].shape[1]
+    width = features["train"][np.arange(1)].shape[1]
     net = head(width, n_classes if task == "expr" else 2).to(device)
-    feats = {k: torch.from_numpy(v).float() for k, v in features.items()}
     t0 = time.perf_counter()
-    r = train_head(task, feats, targets, n_classes, cfg, device,
+    r = train_head(task, features, targets, n_classes, cfg, device,
                    _Forward(net, lambda b, train: net(b.to(device))), net.parameters(),
-                   lambda x, idx: x[idx], f"linear {task}", seed)
+                   lambda x, idx: torch.from_numpy(np.ascontiguousarray(x[idx])).float(), f"linear {task}", seed)
     r.metrics["seconds"] = round(time.perf_counter() - t0, 2)
     return r
 

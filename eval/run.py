@@ -16,7 +16,7 @@ from preprocess.stills import aligned_faces, alignment_counts
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
-from preprocess.cache import load_npz, save_npz
+from preprocess.cache import ArrayWriter
 from preprocess.face_geometry import TEMPLATE_UNIT, crop_region
 from preprocess.regions import resolve_device
 
@@ -59,8 +59,25 @@ def eye_mouth_crops(faces: np.ndarray, size: int = 64) -> tuple[np.ndarray, np.n
     return eyes, mouth
 
 
+class Rows:
+    """Some rows of a (memory-mapped) array, indexed without copying the array: rows[idx] reads those rows."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray):
+        self.array, self.rows = array, np.asarray(rows, np.int64)
+
+    def __len__(self):
+        return len(self.rows)
+
+    def __getitem__(self, idx) -> np.ndarray:
+        return np.asarray(self.array[self.rows[idx]])
+
+    def subset(self, keep) -> "Rows":
+        return Rows(self.array, self.rows[keep])
+
+
 class Evaluator:
-    """Holds the dataset's aligned faces and computes features per checkpoint (cached on disk)."""
+    """Holds the dataset's aligned faces (memory-mapped from the cache) and computes features per checkpoint
+    (cached on disk, memory-mapped too): at AffectNet's size neither is ever whole in RAM."""
 
     def __init__(self, ds: Dataset, cfg):
         self.ds, self.cfg = ds, cfg
@@ -72,14 +89,15 @@ class Evaluator:
             if not items:
                 raise ValueError(f"{ds.name}: the {split} split is empty")
             faces, how = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}")
-            readable = [h != "unreadable" for h in how]
-            if not all(readable):  # left out and counted, never scored as black images
-                ds.skipped[f"unreadable image ({split})"] = readable.count(False)
+            readable = np.array([h != "unreadable" for h in how])
+            if not readable.all():  # left out and counted, never scored as black images
+                ds.skipped[f"unreadable image ({split})"] = int((~readable).sum())
                 items = [it for it, ok in zip(items, readable) if ok]
-                faces, how = faces[np.array(readable)], [h for h in how if h != "unreadable"]
+                how = [h for h in how if h != "unreadable"]
                 if not items:
                     raise ValueError(f"{ds.name}: no readable image in the {split} split")
-            self.items[split], self.faces[split], self.how[split] = items, faces, how
+            self.items[split], self.how[split] = items, how
+            self.faces[split] = Rows(faces, np.flatnonzero(readable))
 
     def backbone(self, spec: str, name: str):
         """(row name, backbone or None for the eye-mouth descriptor, feature width)."""
@@ -93,21 +111,21 @@ class Evaluator:
 
         key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|{cache_key(self.items[split])}|"
                            f"{self.cfg.image_size}".encode()).hexdigest()[:16]
-        path = self.cache / f"features-{key}.npz"
+        path = self.cache / f"features-{key}.npy"
         if path.is_file():
-            return load_npz(path)[0]["features"]
-        if backbone is None:  # the eye-mouth descriptor
+            return np.load(path, mmap_mode="r")
+        faces = self.faces[split]
+        if backbone is None:  # the eye-mouth descriptor, in batches
             from preprocess.regions import ResNet18Regions
 
             enc = ResNet18Regions(spec.partition("=")[2], self.device)
-            eyes, mouth = eye_mouth_crops(self.faces[split])
-            f = np.concatenate([enc(eyes[i:i + 256], mouth[i:i + 256]) for i in range(0, len(eyes), 256)])
-            f = f.astype(np.float32)
-        else:
-            f = extract_features(backbone, self.faces[split], self.cfg.image_size, self.device,
-                                 desc=f"features {split}")
-        save_npz(path, {"features": f}, {"spec": spec})
-        return f
+            out = ArrayWriter(path, (len(faces), 1024), np.float32)
+            for i in range(0, len(faces), 256):
+                eyes, mouth = eye_mouth_crops(faces[np.arange(i, min(i + 256, len(faces)))])
+                out.array[i:i + len(eyes)] = enc(eyes, mouth)
+            return out.finish()
+        return extract_features(backbone, faces, self.cfg.image_size, self.device, desc=f"features {split}",
+                                out_path=path)
 
 
 def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -> dict:
@@ -129,14 +147,15 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, width = ev.backbone(spec, row_name)
         row = {}
-        feats = {s: ev.features(spec, backbone, s) for s in ev.items} if "linear" in protocols else None
+        feats = ({s: Rows(ev.features(spec, backbone, s), np.arange(len(ev.items[s]))) for s in ev.items}
+                 if "linear" in protocols else None)
         for task in tasks:
             if task == "expr":
-                targets, sel = labels, {k: slice(None) for k in labels}
+                targets, sel = labels, {k: np.arange(len(v)) for k, v in labels.items()}
             else:
-                targets, sel = {k: va[k][va_ok[k]] for k in va}, va_ok
+                targets, sel = {k: va[k][va_ok[k]] for k in va}, {k: np.flatnonzero(v) for k, v in va_ok.items()}
             if "linear" in protocols:
-                r = over_seeds(lambda s: linear_probe(task, {k: feats[k][sel[k]] for k in feats}, targets,
+                r = over_seeds(lambda s: linear_probe(task, {k: feats[k].subset(sel[k]) for k in feats}, targets,
                                                       n_classes, cfg, ev.device, s), seeds)
                 row[f"linear_{task}"] = r.metrics
                 curves[f"{name} linear {task}"] = r.curves
@@ -145,7 +164,7 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
                     if backbone is not None and cfg.gradcam_per_class:
                         grids[name] = _gradcam(backbone, r.model, ev.faces["test"][gradcam_idx], cfg, ev.device)
             if "finetune" in protocols and backbone is not None:
-                faces = {k: ev.faces[k][sel[k]] for k in ev.faces}
+                faces = {k: ev.faces[k].subset(sel[k]) for k in ev.faces}
                 r = over_seeds(lambda s: fine_tune(task, backbone, width, faces, targets, n_classes, cfg,
                                                    ev.device, s), seeds)
                 row[f"finetune_{task}"] = r.metrics

@@ -77,6 +77,28 @@ def save_npz(path: Path, arrays: dict, info: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+class ArrayWriter:
+    """A large .npy array filled in place through a memory map (never whole in RAM), under a temporary name
+    until `finish()` renames it: readers see a complete file or none."""
+
+    def __init__(self, path: Path, shape: tuple, dtype):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.tmp"
+        self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
+
+    def finish(self) -> np.ndarray:
+        self.array.flush()
+        del self.array
+        os.replace(self.tmp, self.path)
+        return np.load(self.path, mmap_mode="r")
+
+    def discard(self) -> None:
+        if hasattr(self, "array"):
+            del self.array
+        self.tmp.unlink(missing_ok=True)
+
+
 def load_npz(path: Path) -> tuple[dict, dict]:
     with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files if k != "_info"}

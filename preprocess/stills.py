@@ -5,16 +5,16 @@ image (already-cropped sets), and is counted."""
 from __future__ import annotations
 
 import hashlib
+import json
 import multiprocessing as mp
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from dataclasses import dataclass
-
-from preprocess.cache import load_npz, save_npz
+from preprocess.cache import ArrayWriter, atomic_write_bytes
 from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
 
 FACE_SIZE = 128
@@ -146,12 +146,15 @@ def cache_key(items: list[Still]) -> str:
 
 
 def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) -> tuple[np.ndarray, list[str]]:
-    """uint8 [N, 128, 128, 3] (zeros where unreadable) and how each was aligned; cached by the items."""
-    path = Path(cache_dir) / f"faces-{cache_key(items)}.npz"
-    if path.is_file():
-        arrays, info = load_npz(path)
-        return arrays["faces"], info["how"]
-    faces = np.zeros((len(items), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    """uint8 [N, 128, 128, 3] (zeros where unreadable), memory-mapped from the cache, and how each was aligned.
+    Written chunk by chunk into the cached .npy (never held whole in RAM: AffectNet's ~287k training faces are
+    ~14 GB); the .json beside it, written last, marks the cache complete."""
+    key = cache_key(items)
+    path, info_path = Path(cache_dir) / f"faces-{key}.npy", Path(cache_dir) / f"faces-{key}.json"
+    if path.is_file() and info_path.is_file():
+        return np.load(path, mmap_mode="r"), json.loads(info_path.read_text())["how"]
+    out = ArrayWriter(path, (len(items), FACE_SIZE, FACE_SIZE, 3), np.uint8)
+    faces = out.array
     how: list[str] = [""] * len(items)
     points: dict[bool, list[np.ndarray]] = {True: [], False: []}  # by whether the item has a face box
     chunk = 64
@@ -160,25 +163,29 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) 
     results = pool.imap(_align_chunk, chunks) if pool else map(_align_chunk, chunks)
     try:
         with tqdm(total=len(items), desc=f"align {desc}", unit="img", dynamic_ncols=True) as bar:
-            for c, out in enumerate(results):
-                for j, (face, h, pts) in enumerate(out):
+            for c, result in enumerate(results):
+                for j, (face, h, pts) in enumerate(result):
                     if face is not None:
                         faces[c * chunk + j] = face
                     how[c * chunk + j] = h
                     if pts is not None:
                         points[items[c * chunk + j].box is not None].append(pts)
-                bar.update(len(out))
+                bar.update(len(result))
+        # fallbacks placed by the mean geometry of the faces that were aligned, in the same frame (box or image)
+        means = {k: np.mean(v, axis=0) for k, v in points.items() if v}
+        for i, h in enumerate(how):
+            frame = h.startswith("box")
+            if (h == "full" or frame) and frame in means:
+                faces[i] = place_by_mean_geometry(np.asarray(faces[i]), means[frame])
+                how[i] = f"{h} (placed by mean landmarks)"
+    except BaseException:
+        out.discard()
+        raise
     finally:
         if pool:
             pool.terminate()
-    # fallbacks placed by the mean geometry of the faces that were aligned, in the same frame (box or image)
-    means = {k: np.mean(v, axis=0) for k, v in points.items() if v}
-    for i, h in enumerate(how):
-        frame = h.startswith("box")
-        if (h == "full" or frame) and frame in means:
-            faces[i] = place_by_mean_geometry(faces[i], means[frame])
-            how[i] = f"{h} (placed by mean landmarks)"
-    save_npz(path, {"faces": faces}, {"how": how})
+    faces = out.finish()
+    atomic_write_bytes(info_path, json.dumps({"how": how, "version": ALIGN_VERSION}).encode())
     return faces, how
 
 

@@ -127,7 +127,7 @@ def test_alignment_is_cached(affectnet_dir, tmp_path):
 
     items = affectnet(affectnet_dir, 8, 0.25, 0).splits["test"]
     a, how = aligned_faces(items, tmp_path, 1, "t")
-    files = list(tmp_path.glob("faces-*.npz"))
+    files = list(tmp_path.glob("faces-*.npy"))
     assert len(files) == 1
     mtime = files[0].stat().st_mtime_ns
     b, how2 = aligned_faces(items, tmp_path, 1, "t")
@@ -267,12 +267,12 @@ def test_two_runs_last_pt_get_two_rows_and_scores_do_not_depend_on_order(affectn
 
 def test_feature_caches_know_the_architecture_and_seed(affectnet_dir, tmp_path):
     r18 = _linear(affectnet_dir, tmp_path, "a", ["random"])
-    n = len(list((tmp_path / "cache").glob("features-*.npz")))
+    n = len(list((tmp_path / "cache").glob("features-*.npy")))
     r34 = _linear(affectnet_dir, tmp_path, "b", ["random"], "arch=resnet34")
     assert list(r18) == ["random (resnet18)"] and list(r34) == ["random (resnet34)"]
-    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 2 * n  # not the resnet18 features again
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 2 * n  # not the resnet18 features again
     _linear(affectnet_dir, tmp_path, "c", ["random"], "seed=5")
-    assert len(list((tmp_path / "cache").glob("features-*.npz"))) == 3 * n
+    assert len(list((tmp_path / "cache").glob("features-*.npy"))) == 3 * n
 
 
 def test_probe_seeds_report_mean_and_spread(affectnet_dir, tmp_path):

@@ -523,11 +523,11 @@ def test_monitor_logs_expression_and_identity_and_keeps_the_best(source, train_s
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
     assert rows[state["step"]]["monitor_expr_knn"] == best and state["monitor_best"] == best
     assert (run / "curves.png").stat().st_size > 1000
-    cached = list((tmp_path / "cache").glob("faces-*.npz"))
+    cached = list((tmp_path / "cache").glob("faces-*.npy"))
     assert len(cached) == 2  # aligned once per set; a second run reads them
     pretrain(train_shards, tmp_path / "run2", config("simclr", "max_steps=1", f"monitor={expr}",
                                                      f"monitor_cache={tmp_path / 'cache'}", "monitor_max_images=140"))
-    assert sorted((tmp_path / "cache").glob("faces-*.npz")) == sorted(cached)
+    assert sorted((tmp_path / "cache").glob("faces-*.npy")) == sorted(cached)
 
 
 def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
