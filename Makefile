@@ -82,7 +82,7 @@ eval-folder: setup
 	$(call EVAL,folder,$(DATA))
 
 report: setup
-	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)")
+	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(ALLOW_MIXED),--allow-mixed)
 
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

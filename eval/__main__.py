@@ -26,6 +26,8 @@ def main(argv=None) -> int:
     parser.add_argument("--report", help="report folder (default reports/<dataset>-<time>)")
     parser.add_argument("--pairs", help="LFW pairs.txt for 10-fold verification (default DATA/pairs.txt if there)")
     parser.add_argument("--out", help="report: write the joined table here too")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="report: join reports of one dataset even when their settings differ")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -39,7 +41,7 @@ def main(argv=None) -> int:
 
     try:
         if args.dataset == "report":
-            text = R.join([Path(d) for d in args.data])
+            text = R.join([Path(d) for d in args.data], args.allow_mixed)
             print(text)
             if args.out:
                 Path(args.out).write_text(text)
@@ -63,7 +65,8 @@ def main(argv=None) -> int:
             else:
                 ds = D.image_folder(data, data.name, cfg.val_fraction, cfg.test_fraction, cfg.seed)
             metrics = evaluate_expressions(ds, args.ckpt, cfg, report_dir)
-    except (ConfigError, D.DatasetError, CheckpointError, WeightsMissing, FileNotFoundError, ValueError) as e:
+    except (ConfigError, D.DatasetError, CheckpointError, WeightsMissing, FileNotFoundError, ValueError,
+            R.MixedSettings) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\n== evaluation: {metrics['dataset']} ==")

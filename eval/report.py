@@ -43,13 +43,7 @@ def table(results: dict[str, dict], prefix: str = "") -> str:
     for name, r in results.items():
         cells = []
         for title, section, key, fmt in cols:
-            v, sd = _value(r.get(section), key), _std(r.get(section), key)
-            if v is None:
-                cells.append("–")
-            elif fmt == "pct":
-                cells.append(f"{100 * v:.1f}%" + (f" ± {100 * sd:.1f}" if sd is not None else ""))
-            else:
-                cells.append(f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else ""))
+            cells.append(_cell(_value(r.get(section), key), _std(r.get(section), key), fmt))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -123,10 +117,55 @@ def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path) ->
     plt.close(fig)
 
 
+# Table 1's columns: (title, dataset, section, key, format); a joined report shows those that were run
+TABLE1 = [
+    ("Freeze-AffectNet F1", "affectnet", "linear_expr", "f1", "pct"),
+    ("Freeze-AffectNet Acc", "affectnet", "linear_expr", "acc", "pct"),
+    ("Finetune-AffectNet F1", "affectnet", "finetune_expr", "f1", "pct"),
+    ("Finetune-AffectNet Acc", "affectnet", "finetune_expr", "acc", "pct"),
+    ("Valence CCC", "affectnet", "finetune_va", "v_ccc", "num"),
+    ("Valence RMSE", "affectnet", "finetune_va", "v_rmse", "num"),
+    ("Arousal CCC", "affectnet", "finetune_va", "a_ccc", "num"),
+    ("Arousal RMSE", "affectnet", "finetune_va", "a_rmse", "num"),
+    ("Freeze-FER2013 Acc", "fer2013", "linear_expr", "acc", "pct"),
+    ("Finetune-FER2013 Acc", "fer2013", "finetune_expr", "acc", "pct"),
+    ("Freeze-RAF-DB Acc", "rafdb", "linear_expr", "acc", "pct"),
+    ("Finetune-RAF-DB Acc", "rafdb", "finetune_expr", "acc", "pct"),
+    ("FR-KNN ↓", "lfw", "fr_knn", "acc", "pct"),
+]
+
+
+def settings(metrics: dict) -> dict:
+    """What a report's numbers depend on besides the checkpoints: two reports of one dataset join only when
+    these are equal."""
+    cfg = metrics.get("config", {})
+    keep = ("protocol", "task", "epochs", "batch_size", "lr", "weight_decay", "image_size", "seed", "probe_seeds",
+            "max_images", "val_fraction", "test_fraction", "classes", "knn_min_images", "knn_train_fraction")
+    out = {"dataset": metrics["dataset"], "classes": len(metrics.get("classes", [])),
+           "images": metrics.get("images", {})}
+    out.update({k: cfg[k] for k in keep if k in cfg and k != "classes"})
+    if metrics["dataset"] == "lfw":  # identification only: the head options do not apply
+        for k in ("protocol", "task", "epochs", "batch_size", "lr", "weight_decay", "probe_seeds",
+                  "val_fraction", "test_fraction"):
+            out.pop(k, None)
+    return out
+
+
+def _cell(v, sd, fmt) -> str:
+    if v is None:
+        return "–"
+    if fmt == "pct":
+        return f"{100 * v:.1f}%" + (f" ± {100 * sd:.1f}" if sd is not None else "")
+    return f"{v:.3f}" + (f" ± {sd:.3f}" if sd is not None else "")
+
+
 def write(report_dir: Path, metrics: dict, extra_md: str = "") -> Path:
     report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {**metrics, "settings": settings(metrics)}
     (report_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    lines = [f"# {metrics['dataset']} evaluation", "", table(metrics["checkpoints"])]
+    shown = {k: v for k, v in metrics["settings"].items() if k not in ("dataset", "images")}
+    lines = [f"# {metrics['dataset']} evaluation", "",
+             "Settings: " + ", ".join(f"{k} {v}" for k, v in shown.items()), "", table(metrics["checkpoints"])]
     lines += ["", "Test-split images per protocol, alignment and skipped inputs are in metrics.json."]
     for split, counts in metrics.get("alignment", {}).items():
         lines.append(f"- {split}: {metrics['images'].get(split, '?')} images, aligned by {counts}")
@@ -140,15 +179,46 @@ def write(report_dir: Path, metrics: dict, extra_md: str = "") -> Path:
     return path
 
 
-def join(report_dirs: list[Path]) -> str:
-    """Several reports' metrics.json joined (`make report RUNS=...`): one table per dataset, a row per
-    checkpoint."""
+class MixedSettings(ValueError):
+    """Reports of one dataset made with different settings; reported as one line."""
+
+
+def join(report_dirs: list[Path], allow_mixed: bool = False) -> str:
+    """Several reports' metrics.json joined (`make report RUNS=...`): a Table-1-shaped table (a row per
+    checkpoint, the columns that were run), then one table per dataset and the settings of each. Reports of one
+    dataset whose settings differ (classes, split, protocol, epochs, image size, seeds...) are refused unless
+    allow_mixed."""
     by_dataset: dict[str, dict[str, dict]] = {}
+    seen: dict[str, tuple[Path, dict]] = {}
     for d in report_dirs:
         path = Path(d) / "metrics.json"
         if not path.is_file():
             raise FileNotFoundError(f"{d}: no metrics.json (not an evaluation report)")
         m = json.loads(path.read_text())
+        s = m.get("settings") or settings(m)
+        if m["dataset"] in seen and seen[m["dataset"]][1] != s and not allow_mixed:
+            first, other = seen[m["dataset"]]
+            diff = sorted(k for k in set(s) | set(other) if s.get(k) != other.get(k))
+            raise MixedSettings(f"{d} and {first} ({m['dataset']}) differ in {', '.join(diff)}: their numbers "
+                                f"are not comparable (ALLOW_MIXED=1 / --allow-mixed joins them anyway)")
+        seen.setdefault(m["dataset"], (Path(d), s))
         for name, r in m["checkpoints"].items():
             by_dataset.setdefault(m["dataset"], {}).setdefault(name, {}).update(r)
-    return "\n".join(f"## {ds}\n\n{table(rows)}" for ds, rows in by_dataset.items())
+    names = list(dict.fromkeys(n for rows in by_dataset.values() for n in rows))
+    cols = [c for c in TABLE1 if any(_value(by_dataset.get(c[1], {}).get(n, {}).get(c[2]), c[3]) is not None
+                                     for n in names)]
+    out = []
+    if cols:
+        out += ["## Table 1", "", "| checkpoint | " + " | ".join(c[0] for c in cols) + " |",
+                "|---|" + "---:|" * len(cols)]
+        for n in names:
+            cells = []
+            for _, ds, section, key, fmt in cols:
+                sec = by_dataset.get(ds, {}).get(n, {}).get(section)
+                cells.append(_cell(_value(sec, key), _std(sec, key), fmt))
+            out.append(f"| {n} | " + " | ".join(cells) + " |")
+        out.append("")
+    for ds, rows in by_dataset.items():
+        shown = {k: v for k, v in seen[ds][1].items() if k != "dataset"}
+        out += [f"## {ds}", "", table(rows), "Settings: " + ", ".join(f"{k} {v}" for k, v in shown.items()), ""]
+    return "\n".join(out)

@@ -391,3 +391,30 @@ def test_a_detected_face_outside_the_given_box_is_not_used(tmp_path, photos):
     items = [stills.Still(str(path), box=(30, 30, 140, 140)), stills.Still(str(path), box=(150, 150, 40, 40))]
     faces, how = stills.aligned_faces(items, tmp_path / "cache", 1, "t")
     assert how == ["landmarks", "box (detected face outside it) (placed by mean landmarks)"]
+
+
+def test_report_join_refuses_mixed_settings_and_writes_table1(tmp_path):
+    from eval.report import MixedSettings, join, write
+
+    def report(name, dataset, section, values, **config):
+        write(tmp_path / name, {"dataset": dataset, "classes": ["a"] * 7, "images": {"test": 10},
+                                "config": {"epochs": 20, "image_size": 112, "seed": 0, "protocol": "linear",
+                                           **config},
+                                "checkpoints": {ck: {section: {"test": v} if section != "fr_knn" else v}
+                                                for ck, v in values.items()}})
+        return tmp_path / name
+
+    a = report("a", "fer2013", "linear_expr", {"simclr/last.pt": {"f1": 0.3, "acc": 0.4}})
+    b = report("b", "fer2013", "linear_expr", {"sslfer/last.pt": {"f1": 0.35, "acc": 0.45}})
+    c = report("c", "fer2013", "linear_expr", {"sslfer/last.pt": {"f1": 0.5, "acc": 0.5}}, epochs=300)
+    d = report("d", "lfw", "fr_knn", {"simclr/last.pt": {"acc": 0.6}, "sslfer/last.pt": {"acc": 0.5}})
+    assert "Settings: classes 7, protocol linear, epochs 20, image_size 112" in (a / "report.md").read_text()
+    text = join([a, b, d])
+    assert "| checkpoint | Freeze-FER2013 Acc | FR-KNN ↓ |" in text
+    assert "| simclr/last.pt | 40.0% | 60.0% |" in text and "| sslfer/last.pt | 45.0% | 50.0% |" in text
+    with pytest.raises(MixedSettings, match="differ in epochs"):
+        join([a, c])
+    assert "| sslfer/last.pt | 50.0% |" in join([a, c], allow_mixed=True)
+    from eval.__main__ import main
+
+    assert main(["report", str(a), str(c)]) == 2
