@@ -140,7 +140,8 @@ def settings(metrics: dict) -> dict:
     these are equal."""
     cfg = metrics.get("config", {})
     keep = ("protocol", "task", "epochs", "batch_size", "lr", "weight_decay", "image_size", "seed", "probe_seeds",
-            "max_images", "val_fraction", "test_fraction", "classes", "knn_min_images", "knn_train_fraction")
+            "max_images", "val_fraction", "test_fraction", "classes", "knn_min_images", "knn_train_fraction",
+            "align")
     out = {"dataset": metrics["dataset"], "classes": len(metrics.get("classes", [])),
            "images": metrics.get("images", {})}
     out.update({k: cfg[k] for k in keep if k in cfg and k != "classes"})

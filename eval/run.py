@@ -88,7 +88,7 @@ class Evaluator:
         for split, items in self.items.items():
             if not items:
                 raise ValueError(f"{ds.name}: the {split} split is empty")
-            faces, how = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}")
+            faces, how = aligned_faces(items, self.cache, cfg.workers, f"{ds.name}/{split}", cfg.align)
             readable = np.array([h != "unreadable" for h in how])
             if not readable.all():  # left out and counted, never scored as black images
                 ds.skipped[f"unreadable image ({split})"] = int((~readable).sum())
@@ -109,7 +109,8 @@ class Evaluator:
     def features(self, spec: str, backbone, split: str) -> np.ndarray:
         from preprocess.stills import cache_key
 
-        key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|{cache_key(self.items[split])}|"
+        key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|"
+                           f"{cache_key(self.items[split], self.cfg.align)}|"
                            f"{self.cfg.image_size}".encode()).hexdigest()[:16]
         path = self.cache / f"features-{key}.npy"
         if path.is_file():

@@ -31,3 +31,6 @@ class EvalConfig:
     knn_train_fraction: float = option(0.7, "LFW FR-KNN: share of each person's images in the gallery")
     gradcam_per_class: int = option(2, "Grad-CAM images per class in the saliency grid (0 = none)")
     cache_dir: str = option(".cache/eval", "aligned-face and feature caches")
+    align: str = option("landmarks", "landmarks (the pretraining alignment: mediapipe landmarks or the dataset's, "
+                                     "with fallbacks) | none (whole images resized, usual for pre-cropped sets "
+                                     "such as FER2013)")

@@ -127,12 +127,21 @@ def place_by_mean_geometry(full: np.ndarray, mean_points: np.ndarray) -> np.ndar
     return cv2.warpAffine(full, m, (FACE_SIZE, FACE_SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
-def _align_chunk(items: list[Still]):
-    return [align_one(it) for it in items]
+def whole_image(item: Still) -> tuple[np.ndarray | None, str, None]:
+    """align=none: the whole image resized to 128 (no detector), as is usual for pre-cropped sets like FER2013."""
+    rgb = read_image(item)
+    if rgb is None:
+        return None, "unreadable", None
+    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "whole image", None
 
 
-def cache_key(items: list[Still]) -> str:
-    h = hashlib.sha1(f"align-v{ALIGN_VERSION}".encode())
+def _align_chunk(task: tuple[list[Still], str]):
+    items, mode = task
+    return [align_one(it) if mode == "landmarks" else whole_image(it) for it in items]
+
+
+def cache_key(items: list[Still], mode: str = "landmarks") -> str:
+    h = hashlib.sha1(f"align-v{ALIGN_VERSION}".encode() + (b"" if mode == "landmarks" else f"|{mode}".encode()))
     for it in items:
         h.update(it.source.encode())
         if it.pixels:
@@ -145,11 +154,15 @@ def cache_key(items: list[Still]) -> str:
     return h.hexdigest()[:16]
 
 
-def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) -> tuple[np.ndarray, list[str]]:
+def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str,
+                  mode: str = "landmarks") -> tuple[np.ndarray, list[str]]:
     """uint8 [N, 128, 128, 3] (zeros where unreadable), memory-mapped from the cache, and how each was aligned.
     Written chunk by chunk into the cached .npy (never held whole in RAM: AffectNet's ~287k training faces are
-    ~14 GB); the .json beside it, written last, marks the cache complete."""
-    key = cache_key(items)
+    ~14 GB); the .json beside it, written last, marks the cache complete. mode: 'landmarks' (the pretraining
+    alignment, with fallbacks) or 'none' (whole images)."""
+    if mode not in ("landmarks", "none"):
+        raise ValueError(f"align={mode!r}: expected landmarks or none")
+    key = cache_key(items, mode)
     path, info_path = Path(cache_dir) / f"faces-{key}.npy", Path(cache_dir) / f"faces-{key}.json"
     if path.is_file() and info_path.is_file():
         return np.load(path, mmap_mode="r"), json.loads(info_path.read_text())["how"]
@@ -158,7 +171,7 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str) 
     how: list[str] = [""] * len(items)
     points: dict[bool, list[np.ndarray]] = {True: [], False: []}  # by whether the item has a face box
     chunk = 64
-    chunks = [items[i:i + chunk] for i in range(0, len(items), chunk)]
+    chunks = [(items[i:i + chunk], mode) for i in range(0, len(items), chunk)]
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(chunks) > 1 else None
     results = pool.imap(_align_chunk, chunks) if pool else map(_align_chunk, chunks)
     try:

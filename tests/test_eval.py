@@ -418,3 +418,20 @@ def test_report_join_refuses_mixed_settings_and_writes_table1(tmp_path):
     from eval.__main__ import main
 
     assert main(["report", str(a), str(c)]) == 2
+
+
+def test_align_none_uses_whole_images_and_its_own_cache(tmp_path, photos):
+    from preprocess import stills
+
+    img = _face_image(photos[list(photos)[0]], 3, 48)
+    path = tmp_path / "face.jpg"
+    cv2.imwrite(str(path), img[..., ::-1])
+    items = [stills.Still(str(path))] * 2
+    whole, how = stills.aligned_faces(items, tmp_path / "cache", 1, "t", "none")
+    assert how == ["whole image"] * 2
+    want = cv2.resize(cv2.imread(str(path))[..., ::-1], (128, 128), interpolation=cv2.INTER_AREA)
+    assert np.array_equal(whole[0], want)
+    aligned, how = stills.aligned_faces(items, tmp_path / "cache", 1, "t")
+    assert how[0] != "whole image" and len(list((tmp_path / "cache").glob("faces-*.npy"))) == 2
+    with pytest.raises(ValueError, match="align='dlib'"):
+        stills.aligned_faces(items, tmp_path / "cache", 1, "t", "dlib")
