@@ -19,7 +19,7 @@ RUNS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
 	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge pretrain eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge pretrain table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
 	bench-shards bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
@@ -35,6 +35,8 @@ help:
 	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
 	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
 	@echo "make report RUNS=\"<report dirs>\"  one table from several evaluation reports"
+	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [TRAIN_ARGS= EVAL_ARGS=] [SLURM=1 SBATCH=\"#SBATCH ...\"]"
+	@echo "                                pretrain what is missing, evaluate all, write reports/table1/table1.md"
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
@@ -80,6 +82,13 @@ eval-lfw: setup
 
 eval-folder: setup
 	$(call EVAL,folder,$(DATA))
+
+table1: setup
+	@if [ -z "$(SHARDS)" ]; then echo "usage: make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"]"; exit 2; fi
+	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \
+	  $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(RAFDB),--rafdb "$(RAFDB)") $(if $(LFW),--lfw "$(LFW)") \
+	  $(if $(PRESETS),--presets "$(PRESETS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
+	  $(if $(REPORT),--out "$(REPORT)") $(if $(SLURM),--slurm --sbatch "$(SBATCH)")
 
 report: setup
 	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(ALLOW_MIXED),--allow-mixed)

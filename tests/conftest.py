@@ -1,7 +1,10 @@
+import csv
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+import cv2
 
 import numpy as np
 import pytest
@@ -75,3 +78,35 @@ def build(data, shards, *overrides, workers=1):
 
     cfg = load_config(ShardsConfig, None, [f"workers={workers}", "region_weights=random", *overrides])
     return run_build(data, shards, cfg)
+
+
+def face_image(photo, seed, size=160):
+    from preprocess.synthetic import render_frames
+
+    return next(render_frames(photo, 1, (size, size), seed))
+
+
+@pytest.fixture(scope="session")
+def affectnet_dir(tmp_path_factory, photos):
+    """AffectNet's layout and CSV format, with images made here (two photos, labels by photo)."""
+    root = tmp_path_factory.mktemp("affectnet")
+    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
+              "expression", "valence", "arousal"]
+    names = list(photos)
+    for split, n in (("training", 24), ("validation", 8)):
+        rows = []
+        for i in range(n):
+            label = [1, 6][i % 2]  # happy, anger
+            rel = f"{100 + i % 3}/{split}_{i}.jpg"
+            p = root / "Manually_Annotated_Images" / rel
+            p.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(p), cv2.cvtColor(face_image(photos[names[i % 2]], i), cv2.COLOR_RGB2BGR))
+            va = (0.8, 0.3) if label == 1 else (-0.6, 0.7)
+            rows.append([rel, 10, 10, 140, 140, "", label, va[0] + 0.01 * i, va[1] - 0.01 * i])
+        rows.append(["100/missing.jpg", 0, 0, 10, 10, "", 1, 0.1, 0.1])       # listed, not there
+        rows.append([rows[0][0], 0, 0, 10, 10, "", 9, -2, -2])               # 'uncertain': dropped
+        rows.append([rows[0][0], 0, 0, 10, 10, "", 12, 0, 0])                # out of range
+        rows.append([rows[1][0], 0, 0, 10, 10, "", 7, -2, -2])               # contempt, no V/A
+        with open(root / f"{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([header] + rows)
+    return root

@@ -13,6 +13,7 @@ from eval import metrics as M
 from eval.settings import EvalConfig
 from preprocess.config import load_config
 from tests.conftest import SHARED
+from tests.conftest import face_image as _face_image
 
 TINY = ["arch=resnet18", "image_size=32", "epochs=2", "batch_size=8", "workers=1", "gradcam_per_class=1"]
 
@@ -52,38 +53,6 @@ def test_balanced_softmax_by_hand():
         a = [z[0] + math.log(90), z[1] + math.log(10)]
         want += -(a[y] - math.log(math.exp(a[0]) + math.exp(a[1]))) / 2
     assert float(M.balanced_softmax_loss(logits, labels, counts)) == pytest.approx(want, rel=1e-6)
-
-
-def _face_image(photo, seed, size=160):
-    from preprocess.synthetic import render_frames
-
-    return next(render_frames(photo, 1, (size, size), seed))
-
-
-@pytest.fixture(scope="module")
-def affectnet_dir(tmp_path_factory, photos):
-    """AffectNet's layout and CSV format, with images made here (two photos, labels by photo)."""
-    root = tmp_path_factory.mktemp("affectnet")
-    header = ["subDirectory_filePath", "face_x", "face_y", "face_width", "face_height", "facial_landmarks",
-              "expression", "valence", "arousal"]
-    names = list(photos)
-    for split, n in (("training", 24), ("validation", 8)):
-        rows = []
-        for i in range(n):
-            label = [1, 6][i % 2]  # happy, anger
-            rel = f"{100 + i % 3}/{split}_{i}.jpg"
-            p = root / "Manually_Annotated_Images" / rel
-            p.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(p), cv2.cvtColor(_face_image(photos[names[i % 2]], i), cv2.COLOR_RGB2BGR))
-            va = (0.8, 0.3) if label == 1 else (-0.6, 0.7)
-            rows.append([rel, 10, 10, 140, 140, "", label, va[0] + 0.01 * i, va[1] - 0.01 * i])
-        rows.append(["100/missing.jpg", 0, 0, 10, 10, "", 1, 0.1, 0.1])       # listed, not there
-        rows.append([rows[0][0], 0, 0, 10, 10, "", 9, -2, -2])               # 'uncertain': dropped
-        rows.append([rows[0][0], 0, 0, 10, 10, "", 12, 0, 0])                # out of range
-        rows.append([rows[1][0], 0, 0, 10, 10, "", 7, -2, -2])               # contempt, no V/A
-        with open(root / f"{split}.csv", "w", newline="") as f:
-            csv.writer(f).writerows([header] + rows)
-    return root
 
 
 def test_affectnet_loader_reads_the_csv_format(affectnet_dir):

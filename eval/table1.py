@@ -1,0 +1,115 @@
+"""`make table1`: the paper's Table 1 in one command. Pretrains every preset that has no finished run
+(RUNS/<preset>/summary.json), evaluates all of them on each dataset given (one evaluation per dataset, so faces
+are aligned once), and joins the reports into one Table-1-shaped table. With --slurm it writes one sbatch script
+per step and a submit.sh that chains them with job dependencies instead of running anything.
+
+    python -m eval.table1 --shards SHARDS [--affectnet DIR] [--fer2013 DIR] [--rafdb DIR] [--lfw DIR]
+        [--presets "simclr ... sslfer"] [--runs runs] [--out reports/table1]
+        [--train "key=value ..."] [--eval "key=value ..."] [--slurm] [--sbatch "#SBATCH lines"]"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+# Table 1's rows, in its order
+TABLE1_PRESETS = ["simclr", "mocov2", "byol", "timeaug", "timeaug-hardneg", "timeaug-hardneg-cutmix",
+                  "timeaug-faceswap-maskfn", "timeaug-hardneg-faceswap", "sslfer"]
+# what each dataset's columns need (Table 1: AffectNet linear + fine-tune, expression and valence/arousal;
+# FER2013 fine-tune at 300 epochs; LFW FR-KNN from Table 2)
+DATASET_ARGS = {"affectnet": ["protocol=both", "task=both"], "fer2013": ["protocol=finetune", "epochs=300"],
+                "rafdb": ["protocol=both"], "lfw": []}
+
+
+def finished(run: Path) -> bool:
+    return (run / "summary.json").is_file() and (run / "backbone.pt").is_file()
+
+
+def plan(a) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], list[str]]:
+    """(pretraining steps, evaluation steps, the join command), each a (name, argv)."""
+    py = sys.executable
+    runs, out = Path(a.runs), Path(a.out)
+    presets = a.presets.split()
+    train = [(f"pretrain-{p}", [py, "-m", "train", a.shards, str(runs / p), "--preset", p, *shlex.split(a.train)])
+             for p in presets if not finished(runs / p)]
+    ckpts = [x for p in presets for x in ("--ckpt", str(runs / p / "backbone.pt"))]
+    evals = []
+    for ds in DATASET_ARGS:
+        data = getattr(a, ds)
+        if data:
+            evals.append((f"eval-{ds}", [py, "-m", "eval", ds, data, *ckpts, "--report", str(out / ds),
+                                         *DATASET_ARGS[ds], *shlex.split(a.eval)]))
+    join = [py, "-m", "eval", "report", *[str(out / ds) for ds in DATASET_ARGS if getattr(a, ds)],
+            "--out", str(out / "table1.md")]
+    return train, evals, join
+
+
+def write_slurm(a, train, evals, join) -> Path:
+    """One sbatch script per step, and submit.sh: evaluations after every pretraining, the table after them."""
+    folder = Path(a.out) / "slurm"
+    folder.mkdir(parents=True, exist_ok=True)
+    cwd = Path.cwd()
+
+    def script(name: str, argv: list[str]) -> Path:
+        path = folder / f"{name}.sbatch"
+        path.write_text(f"#!/bin/bash\n#SBATCH --job-name={name}\n#SBATCH --output={folder}/{name}-%j.log\n"
+                        f"{a.sbatch.strip() + chr(10) if a.sbatch.strip() else ''}"
+                        f"set -euo pipefail\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\n")
+        return path
+
+    lines = ["#!/bin/bash", "# submits Table 1's steps with their dependencies; rerun it after a failure: "
+             "finished runs are skipped", "set -euo pipefail", "train_jobs=''"]
+    for name, argv in train:
+        lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {script(name, argv)})\"")
+    lines.append("eval_jobs=''")
+    for name, argv in evals:
+        lines.append(f"eval_jobs=\"$eval_jobs:$(sbatch --parsable ${{train_jobs:+--dependency=afterok$train_jobs}} "
+                     f"{script(name, argv)})\"")
+    lines.append(f"sbatch ${{eval_jobs:+--dependency=afterok$eval_jobs}} {script('table1', join)}")
+    submit = folder / "submit.sh"
+    submit.write_text("\n".join(lines) + "\n")
+    submit.chmod(0o755)
+    return submit
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m eval.table1", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", required=True, help="make shards output (the pretraining corpus)")
+    for ds in DATASET_ARGS:
+        p.add_argument(f"--{ds}", default="", help=f"{ds} folder (its columns are left out when not given)")
+    p.add_argument("--presets", default=" ".join(TABLE1_PRESETS), help="presets, in the table's order")
+    p.add_argument("--runs", default="runs", help="run folders: RUNS/<preset>")
+    p.add_argument("--out", default="reports/table1", help="reports per dataset and table1.md")
+    p.add_argument("--train", default="", help="options for every pretraining, 'key=value ...'")
+    p.add_argument("--eval", default="", help="options for every evaluation, 'key=value ...'")
+    p.add_argument("--slurm", action="store_true", help="write sbatch scripts and submit.sh instead of running")
+    p.add_argument("--sbatch", default="", help="#SBATCH lines for every script (partition, GPUs, time ...)")
+    a = p.parse_args(argv)
+    if not any(getattr(a, ds) for ds in DATASET_ARGS):
+        p.error("give at least one of --affectnet --fer2013 --rafdb --lfw")
+    train, evals, join = plan(a)
+    if a.slurm:
+        submit = write_slurm(a, train, evals, join)
+        print(f"wrote {len(train) + len(evals) + 1} sbatch scripts; submit them with: bash {submit}")
+        return 0
+    for name, cmd in [*train, *evals, ("table1", join)]:
+        print(f"== {name}: {shlex.join(cmd)}", flush=True)
+        code = subprocess.run(cmd).returncode
+        if code not in (0, 3):  # 3: the evaluation or pretraining finished with some inputs skipped
+            print(f"error: step {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
+            return code
+    table = Path(a.out) / "table1.md"
+    print(f"\n== make table1 ==\npresets       {a.presets}\nruns          {a.runs}/<preset> "
+          f"({len(train)} pretrained now)\nreports       {a.out}/<dataset>\ntable         {table}")
+    summary = {"presets": a.presets.split(), "pretrained_now": [n for n, _ in train],
+               "datasets": [n for n, _ in evals]}
+    (Path(a.out) / "table1.json").write_text(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

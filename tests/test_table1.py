@@ -1,0 +1,37 @@
+"""`make table1`: pretrain what is missing, evaluate every preset on each dataset, one Table-1-shaped table."""
+import json
+
+from tests.conftest import build
+
+TRAIN = "arch=resnet18 proj_hidden=64 batch_size=4 image_size=32 workers=0 max_steps=2"
+EVAL = "arch=resnet18 image_size=32 epochs=1 batch_size=8 workers=1 gradcam_per_class=0 knn_min_images=4"
+
+
+def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpus, affectnet_dir, tmp_path):
+    from eval.table1 import main
+    from preprocess.synthetic import make_expression_sets
+
+    shards = tmp_path / "shards"
+    build(good_corpus, shards)
+    _, people = make_expression_sets(tmp_path / "sets", identities=2, per_class=3)
+    args = ["--shards", str(shards), "--affectnet", str(affectnet_dir), "--lfw", str(people),
+            "--presets", "simclr sslfer", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "rep"),
+            "--train", TRAIN, "--eval", EVAL]
+    assert main(args) == 0
+    table = (tmp_path / "rep" / "table1.md").read_text()
+    header = table.splitlines()[2]
+    for column in ("Freeze-AffectNet F1", "Finetune-AffectNet Acc", "Valence CCC", "Arousal RMSE", "FR-KNN ↓"):
+        assert column in header
+    assert "| simclr/backbone.pt |" in table and "| sslfer/backbone.pt |" in table
+    assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == ["pretrain-simclr",
+                                                                                             "pretrain-sslfer"]
+    assert main(args) == 0  # finished runs are not trained again
+    assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == []
+    assert main([*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --gres=gpu:1"]) == 0
+    slurm = tmp_path / "rep" / "slurm"
+    assert sorted(p.name for p in slurm.glob("*.sbatch")) == ["eval-affectnet.sbatch", "eval-lfw.sbatch",
+                                                             "pretrain-byol.sbatch", "table1.sbatch"]
+    submit = (slurm / "submit.sh").read_text()
+    assert "--dependency=afterok$train_jobs" in submit and "--dependency=afterok$eval_jobs" in submit
+    assert "#SBATCH --gres=gpu:1" in (slurm / "pretrain-byol.sbatch").read_text()
+    assert "--preset byol" in (slurm / "pretrain-byol.sbatch").read_text()
