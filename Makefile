@@ -84,14 +84,13 @@ eval-folder: setup
 	$(call EVAL,folder,$(DATA))
 
 table1: setup
-	@if [ -z "$(SHARDS)" ]; then echo "usage: make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"]"; exit 2; fi
 	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \
 	  $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(RAFDB),--rafdb "$(RAFDB)") $(if $(LFW),--lfw "$(LFW)") \
 	  $(if $(PRESETS),--presets "$(PRESETS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
-	  $(if $(REPORT),--out "$(REPORT)") $(if $(SLURM),--slurm --sbatch "$(SBATCH)")
+	  $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(SLURM)),--slurm --sbatch "$(SBATCH)")
 
 report: setup
-	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(ALLOW_MIXED),--allow-mixed)
+	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(ALLOW_MIXED)),--allow-mixed)
 
 test: setup
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc

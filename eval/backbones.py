@@ -45,36 +45,44 @@ def imagenet_weights_path(arch: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
 
 
+def is_eyemouth(spec: str) -> bool:
+    """CKPT=eyemouth or eyemouth=<weights>: Table 5's descriptor, not a backbone."""
+    return spec == "eyemouth" or spec.startswith("eyemouth=")
+
+
 def row_names(specs: list[str], arch: str) -> dict[str, str]:
     """A unique, readable row name per distinct checkpoint: `<run folder>/<file>` (the `checkpoints/` folder
-    skipped), more parent folders where two files would share a name; the same file given twice is one row.
-    'random' and 'imagenet' are named with the architecture they use."""
-    files = {}
+    skipped), more parent folders where two files would share a name (a number when even the whole path
+    does); the same file given twice is one row. 'random' and 'imagenet' are named with the architecture."""
+    files: dict[tuple, str] = {}  # (kind, resolved path) -> spec
     names: dict[str, str] = {}
     for spec in specs:
-        p = Path(spec.split("=", 1)[1]) if spec.startswith("eyemouth=") else Path(spec)
+        p = Path(spec.partition("=")[2]) if is_eyemouth(spec) else Path(spec)
         if spec in ("random", "imagenet"):
             names.setdefault(spec, f"{spec} ({arch})")
-        elif spec == "eyemouth" or (spec.startswith("eyemouth=") and not p.is_file()):
+        elif is_eyemouth(spec) and not p.is_file():
             names.setdefault(spec, "eye-mouth descriptor (imagenet)")
         elif p.is_file():
-            key = p.resolve()
-            if key not in files:
-                files[key] = spec
+            files.setdefault((is_eyemouth(spec), p.resolve()), spec)
         else:
             names.setdefault(spec, spec)  # load_backbone reports it as missing
-    parts = {k: [x for x in k.parts if x != "checkpoints"] for k in files}
-    depth = {k: 2 for k in files}
+    parts = {k: [x for x in k[1].parts[1:] if x != "checkpoints"] for k in files}
+    depth = {k: min(2, len(parts[k])) for k in files}
+
+    def label(k):
+        return ("eye-mouth descriptor " if k[0] else "") + "/".join(parts[k][-depth[k]:])
+
     while True:
-        label = {k: "/".join(parts[k][-depth[k]:]) for k in files}
-        clash = {k for k in files if list(label.values()).count(label[k]) > 1 and depth[k] < len(parts[k])}
+        labels = {k: label(k) for k in files}
+        clash = {k for k in files if list(labels.values()).count(labels[k]) > 1 and depth[k] < len(parts[k])}
         if not clash:
             break
         for k in clash:
             depth[k] += 1
+    taken: dict[str, int] = {}
     for k, spec in files.items():
-        prefix = "eye-mouth descriptor " if spec.startswith("eyemouth=") else ""
-        names[spec] = f"{prefix}{label[k]}"
+        n = taken[labels[k]] = taken.get(labels[k], 0) + 1
+        names[spec] = labels[k] if n == 1 else f"{labels[k]} ({n})"
     return {spec: names[spec] for spec in dict.fromkeys(specs) if spec in names}
 
 

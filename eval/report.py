@@ -197,11 +197,14 @@ def join(report_dirs: list[Path], allow_mixed: bool = False) -> str:
             raise FileNotFoundError(f"{d}: no metrics.json (not an evaluation report)")
         m = json.loads(path.read_text())
         s = m.get("settings") or settings(m)
-        if m["dataset"] in seen and seen[m["dataset"]][1] != s and not allow_mixed:
-            first, other = seen[m["dataset"]]
+        # reports of one dataset and protocol fill the same columns: their settings must agree
+        group = (m["dataset"], s.get("protocol"), s.get("task"))
+        if group in seen and seen[group][1] != s and not allow_mixed:
+            first, other = seen[group]
             diff = sorted(k for k in set(s) | set(other) if s.get(k) != other.get(k))
             raise MixedSettings(f"{d} and {first} ({m['dataset']}) differ in {', '.join(diff)}: their numbers "
                                 f"are not comparable (ALLOW_MIXED=1 / --allow-mixed joins them anyway)")
+        seen.setdefault(group, (Path(d), s))
         seen.setdefault(m["dataset"], (Path(d), s))
         for name, r in m["checkpoints"].items():
             by_dataset.setdefault(m["dataset"], {}).setdefault(name, {}).update(r)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from eval import report as R
-from eval.backbones import load_backbone, row_names
+from eval.backbones import is_eyemouth, load_backbone, row_names
 from eval.datasets import Dataset, limit
-from preprocess.stills import aligned_faces, alignment_counts
+from preprocess.stills import aligned_faces, alignment_counts, cache_key
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
@@ -32,9 +32,9 @@ def file_digest(path: Path) -> str:
 def _spec_key(spec: str, arch: str, seed: int) -> str:
     """Everything about a backbone that changes its features: a file's content; for 'random' the architecture
     and the seed; for 'imagenet' the architecture and the weights file's content."""
-    p = Path(spec.split("=", 1)[-1])
+    p = Path(spec.partition("=")[2]) if is_eyemouth(spec) else Path(spec)
     if p.is_file():
-        return f"file:{file_digest(p)}"
+        return f"{'eyemouth' if is_eyemouth(spec) else 'backbone'}:file:{file_digest(p)}"
     if spec == "random":
         return f"random:{arch}:{seed}"
     if spec == "imagenet":
@@ -84,7 +84,7 @@ class Evaluator:
         self.device = resolve_device(cfg.device)
         self.cache = Path(cfg.cache_dir)
         self.items = {k: limit(v, cfg.max_images, cfg.seed) for k, v in ds.splits.items()}
-        self.faces, self.how = {}, {}
+        self.faces, self.how, self.item_keys = {}, {}, {}
         for split, items in self.items.items():
             if not items:
                 raise ValueError(f"{ds.name}: the {split} split is empty")
@@ -97,20 +97,18 @@ class Evaluator:
                 if not items:
                     raise ValueError(f"{ds.name}: no readable image in the {split} split")
             self.items[split], self.how[split] = items, how
+            self.item_keys[split] = cache_key(items, cfg.align)
             self.faces[split] = Rows(faces, np.flatnonzero(readable))
 
     def backbone(self, spec: str, name: str):
         """(row name, backbone or None for the eye-mouth descriptor, feature width)."""
-        if spec.startswith("eyemouth"):
+        if is_eyemouth(spec):
             return name, None, 1024
         _, net, width = load_backbone(spec, self.cfg.arch, self.cfg.seed)
         return name, net, width
 
     def features(self, spec: str, backbone, split: str) -> np.ndarray:
-        from preprocess.stills import cache_key
-
-        key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|"
-                           f"{cache_key(self.items[split], self.cfg.align)}|"
+        key = hashlib.sha1(f"{_spec_key(spec, self.cfg.arch, self.cfg.seed)}|{self.item_keys[split]}|"
                            f"{self.cfg.image_size}".encode()).hexdigest()[:16]
         path = self.cache / f"features-{key}.npy"
         if path.is_file():
@@ -121,9 +119,13 @@ class Evaluator:
 
             enc = ResNet18Regions(spec.partition("=")[2], self.device)
             out = ArrayWriter(path, (len(faces), 1024), np.float32)
-            for i in range(0, len(faces), 256):
-                eyes, mouth = eye_mouth_crops(faces[np.arange(i, min(i + 256, len(faces)))])
-                out.array[i:i + len(eyes)] = enc(eyes, mouth)
+            try:
+                for i in range(0, len(faces), 256):
+                    eyes, mouth = eye_mouth_crops(faces[np.arange(i, min(i + 256, len(faces)))])
+                    out.array[i:i + len(eyes)] = enc(eyes, mouth)
+            except BaseException:
+                out.discard()
+                raise
             return out.finish()
         return extract_features(backbone, faces, self.cfg.image_size, self.device, desc=f"features {split}",
                                 out_path=path)

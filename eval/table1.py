@@ -49,21 +49,28 @@ def plan(a) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], l
 
 def write_slurm(a, train, evals, join) -> Path:
     """One sbatch script per step, and submit.sh: evaluations after every pretraining, the table after them."""
-    folder = Path(a.out) / "slurm"
+    folder = (Path(a.out) / "slurm").resolve()
+    if any(c.isspace() for c in str(folder)):
+        raise SystemExit(f"error: {folder}: SLURM's #SBATCH --output cannot hold a path with spaces")
     folder.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
+    directives = ["#SBATCH" + d.rstrip() for d in a.sbatch.split("#SBATCH")[1:]]
 
-    def script(name: str, argv: list[str]) -> Path:
+    def script(name: str, argv: list[str], skip_if: Path | None = None) -> str:
         path = folder / f"{name}.sbatch"
-        path.write_text(f"#!/bin/bash\n#SBATCH --job-name={name}\n#SBATCH --output={folder}/{name}-%j.log\n"
-                        f"{a.sbatch.strip() + chr(10) if a.sbatch.strip() else ''}"
-                        f"set -euo pipefail\ncd {shlex.quote(str(cwd))}\n{shlex.join(argv)}\n")
-        return path
+        done = (f"if [ -f {shlex.quote(str(skip_if / 'summary.json'))} ]; then echo 'already finished'; exit 0; fi\n"
+                if skip_if else "")
+        path.write_text("\n".join(["#!/bin/bash", f"#SBATCH --job-name={name}",
+                                   f"#SBATCH --output={folder}/{name}-%j.log", *directives,
+                                   "set -euo pipefail", f"cd {shlex.quote(str(cwd))}"]) + "\n"
+                        + done + shlex.join(argv) + "\n")
+        return shlex.quote(str(path))
 
-    lines = ["#!/bin/bash", "# submits Table 1's steps with their dependencies; rerun it after a failure: "
-             "finished runs are skipped", "set -euo pipefail", "train_jobs=''"]
+    lines = ["#!/bin/bash", "# submits Table 1's steps with their dependencies (a pretraining that has finished "
+             "meanwhile exits at once)", "set -euo pipefail", "train_jobs=''"]
     for name, argv in train:
-        lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {script(name, argv)})\"")
+        run_dir = Path(argv[4]).resolve()
+        lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {script(name, argv, run_dir)})\"")
     lines.append("eval_jobs=''")
     for name, argv in evals:
         lines.append(f"eval_jobs=\"$eval_jobs:$(sbatch --parsable ${{train_jobs:+--dependency=afterok$train_jobs}} "
@@ -94,12 +101,12 @@ def main(argv=None) -> int:
     train, evals, join = plan(a)
     if a.slurm:
         submit = write_slurm(a, train, evals, join)
-        print(f"wrote {len(train) + len(evals) + 1} sbatch scripts; submit them with: bash {submit}")
+        print(f"wrote {len(train) + len(evals) + 1} sbatch scripts; submit them with: bash {shlex.quote(str(submit))}")
         return 0
     for name, cmd in [*train, *evals, ("table1", join)]:
         print(f"== {name}: {shlex.join(cmd)}", flush=True)
         code = subprocess.run(cmd).returncode
-        if code not in (0, 3):  # 3: the evaluation or pretraining finished with some inputs skipped
+        if code:
             print(f"error: step {name} failed (exit {code}); rerun the same command to continue", file=sys.stderr)
             return code
     table = Path(a.out) / "table1.md"

@@ -77,6 +77,16 @@ def save_npz(path: Path, arrays: dict, info: dict) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ArrayWriter:
     """A large .npy array filled in place through a memory map (never whole in RAM), under a temporary name
     until `finish()` renames it: readers see a complete file or none."""
@@ -84,6 +94,10 @@ class ArrayWriter:
     def __init__(self, path: Path, shape: tuple, dtype):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # left by a killed writer
+            pid = stale.name.rsplit(".", 2)[-2]
+            if pid.isdigit() and not _alive(int(pid)):
+                stale.unlink(missing_ok=True)
         self.tmp = self.path.parent / f".{self.path.name}.{os.getpid()}.tmp"
         self.array = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=dtype, shape=shape)
 

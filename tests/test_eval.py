@@ -404,3 +404,19 @@ def test_align_none_uses_whole_images_and_its_own_cache(tmp_path, photos):
     assert how[0] != "whole image" and len(list((tmp_path / "cache").glob("faces-*.npy"))) == 2
     with pytest.raises(ValueError, match="align='dlib'"):
         stills.aligned_faces(items, tmp_path / "cache", 1, "t", "dlib")
+
+
+def test_row_names_are_unique_per_file_and_kind(tmp_path):
+    from eval.backbones import row_names
+
+    a = tmp_path / "a" / "checkpoints" / "x.pt"
+    b = tmp_path / "a" / "x.pt"
+    c = tmp_path / "lr=0.1" / "checkpoints" / "best.pt"
+    for p in (a, b, c):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"0")
+    names = row_names([str(a), str(b), str(a), f"eyemouth={a}", str(c), "random", "eyemouth"], "resnet18")
+    assert list(names) == [str(a), str(b), f"eyemouth={a}", str(c), "random", "eyemouth"]  # a given twice: one row
+    assert len(set(names.values())) == len(names)
+    assert names[str(c)] == "lr=0.1/best.pt" and names[f"eyemouth={a}"].startswith("eye-mouth descriptor")
+    assert names["random"] == "random (resnet18)"

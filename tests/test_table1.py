@@ -27,11 +27,13 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
                                                                                              "pretrain-sslfer"]
     assert main(args) == 0  # finished runs are not trained again
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == []
-    assert main([*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --gres=gpu:1"]) == 0
+    assert main([*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --gres=gpu:1 #SBATCH --time=2:00:00"]) == 0
     slurm = tmp_path / "rep" / "slurm"
     assert sorted(p.name for p in slurm.glob("*.sbatch")) == ["eval-affectnet.sbatch", "eval-lfw.sbatch",
                                                              "pretrain-byol.sbatch", "table1.sbatch"]
     submit = (slurm / "submit.sh").read_text()
     assert "--dependency=afterok$train_jobs" in submit and "--dependency=afterok$eval_jobs" in submit
-    assert "#SBATCH --gres=gpu:1" in (slurm / "pretrain-byol.sbatch").read_text()
-    assert "--preset byol" in (slurm / "pretrain-byol.sbatch").read_text()
+    byol = (slurm / "pretrain-byol.sbatch").read_text().splitlines()
+    assert "#SBATCH --gres=gpu:1" in byol and "#SBATCH --time=2:00:00" in byol
+    assert any("--preset byol" in line for line in byol)
+    assert any("summary.json" in line and "exit 0" in line for line in byol)  # finished meanwhile: nothing to do
