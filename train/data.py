@@ -286,6 +286,9 @@ class BatchStream(torch.utils.data.IterableDataset):
         self.by_speaker = index.clips_by_speaker()
         self.time_frames = parse_list(cfg.timeaug_frames, int)
         self.time_weights = parse_list(cfg.timeaug_frame_weights) or [1.0] * len(self.time_frames)
+        if len(self.time_weights) != len(self.time_frames) or any(d < 1 for d in self.time_frames):
+            raise ValueError(f"timeaug_frames={cfg.timeaug_frames!r} needs positive offsets and as many "
+                             f"timeaug_frame_weights ({cfg.timeaug_frame_weights!r})")
 
     def plan(self, epoch: int) -> np.ndarray:
         if self._plan is None or self._plan[0] != epoch:
