@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 from pathlib import Path
@@ -29,6 +30,7 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=None)  # one hash of a checkpoint file per run, not one per split
 def _spec_key(spec: str, arch: str, seed: int) -> str:
     """Everything about a backbone that changes its features: a file's content; for 'random' the architecture
     and the seed; for 'imagenet' the architecture and the weights file's content."""
