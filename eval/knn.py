@@ -28,7 +28,7 @@ def knn_split(identities: list[str], min_images: int, train_fraction: float, see
 
 def knn_accuracy(features: np.ndarray, identities: list[str], gallery: np.ndarray, probe: np.ndarray) -> float:
     """1-NN on cosine similarity: share of probe images whose nearest gallery image is the same person."""
-    f = _unit(features.astype(np.float32))
+    f = _unit(np.asarray(features, np.float32))
     ids = np.array(identities)
     nearest = (f[probe] @ f[gallery].T).argmax(1)
     return float((ids[gallery][nearest] == ids[probe]).mean())

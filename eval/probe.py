@@ -44,7 +44,7 @@ def extract_features(backbone: nn.Module, faces, image_size: int, device: str, b
                 continue
             if writer is None:
                 writer = ArrayWriter(out_path, (len(faces), f.shape[1]), np.float32)
-            writer.array[i:i + len(f)] = f
+            writer.array.write(i, f)
     except BaseException:
         if writer is not None:
             writer.discard()

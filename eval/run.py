@@ -17,7 +17,7 @@ from preprocess.stills import aligned_faces, alignment_counts, cache_key
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
-from preprocess.cache import ArrayWriter
+from preprocess.cache import ArrayWriter, NpyArray
 from preprocess.face_geometry import TEMPLATE_UNIT, crop_region
 from preprocess.regions import resolve_device
 
@@ -114,7 +114,7 @@ class Evaluator:
                            f"{self.cfg.image_size}".encode()).hexdigest()[:16]
         path = self.cache / f"features-{key}.npy"
         if path.is_file():
-            return np.load(path, mmap_mode="r")
+            return NpyArray(path)
         faces = self.faces[split]
         if backbone is None:  # the eye-mouth descriptor, in batches
             from preprocess.regions import ResNet18Regions
@@ -124,7 +124,7 @@ class Evaluator:
             try:
                 for i in range(0, len(faces), 256):
                     eyes, mouth = eye_mouth_crops(faces[np.arange(i, min(i + 256, len(faces)))])
-                    out.array[i:i + len(eyes)] = enc(eyes, mouth)
+                    out.array.write(i, enc(eyes, mouth))
             except BaseException:
                 out.discard()
                 raise

@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from preprocess.cache import ArrayWriter, atomic_write_bytes
+from preprocess.cache import ArrayWriter, NpyArray, atomic_write_bytes
 from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
 
 FACE_SIZE = 128
@@ -165,7 +165,7 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str,
     key = cache_key(items, mode)
     path, info_path = Path(cache_dir) / f"faces-{key}.npy", Path(cache_dir) / f"faces-{key}.json"
     if path.is_file() and info_path.is_file():
-        return np.load(path, mmap_mode="r"), json.loads(info_path.read_text())["how"]
+        return NpyArray(path), json.loads(info_path.read_text())["how"]
     out = ArrayWriter(path, (len(items), FACE_SIZE, FACE_SIZE, 3), np.uint8)
     faces = out.array
     how: list[str] = [""] * len(items)

@@ -106,3 +106,27 @@ def test_shipped_config_file_matches_the_defaults():
 
     path = Path(__file__).resolve().parents[1] / "configs" / "shards.toml"
     assert load_config(ShardsConfig, path) == ShardsConfig()
+
+
+def test_npy_array_reads_and_writes_like_numpy(tmp_path):
+    from preprocess.cache import ArrayWriter, NpyArray
+
+    expected = np.random.default_rng(0).integers(0, 255, (50, 4, 3), dtype=np.uint8)
+    out = ArrayWriter(tmp_path / "a.npy", expected.shape, np.uint8)
+    out.array.write(0, expected[:20])
+    for i in range(20, 50):
+        out.array[i] = expected[i]
+    assert not (tmp_path / "a.npy").exists()  # only complete files under the final name
+    a = out.finish()
+    assert np.array_equal(np.load(tmp_path / "a.npy"), expected)  # a plain .npy file
+    idx = np.array([7, 3, 4, 5, 49, 0, 3, -1])  # unordered, repeated, negative, runs
+    mask = np.arange(50) % 3 == 0
+    for key in (idx, mask, slice(5, 40, 2), slice(None), 4, np.int64(-2), np.array([], int)):
+        assert np.array_equal(a[key], expected[key]), key
+    assert np.array_equal(np.asarray(a, np.float32), expected.astype(np.float32))
+    assert len(a) == 50 and a.shape == expected.shape and a.dtype == np.uint8
+    for bad in (np.array([50]), np.array([-51]), np.ones(49, bool)):
+        with pytest.raises(IndexError):
+            a[bad]
+    with pytest.raises(ValueError):
+        NpyArray(tmp_path / "a.npy", writable=True).write(45, expected[:10])
