@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,17 +61,43 @@ def _reject(rel: str, reason: str) -> dict:
     return {"source": rel, "key": "", "frame": -1, "timestamp": -1.0, "step": "discover", "reason": reason}
 
 
+def printable(text: str) -> str:
+    """A path's text as valid UTF-8: bytes that are not UTF-8 (a name from another system's encoding) become
+    \\xNN escapes. Names, keys and reports use it; the file itself is still opened by its real path."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace")
+
+
+def walk_files(root: Path, rejects: list) -> list[Path]:
+    """Every file under root, following folder links but reporting (not following) a link that loops back."""
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in seen:
+            rejects.append(_reject(printable(os.path.relpath(folder, root)), "folder link loops back to a folder "
+                                                                             "already scanned (not followed)"))
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for d in dirs:
+            if Path(d).suffix.lower() in VIDEO_EXTENSIONS:
+                rel = printable(os.path.relpath(os.path.join(folder, d), root))
+                rejects.append(_reject(rel, "a folder named like a video (its contents are still scanned)"))
+        files += [Path(folder) / n for n in sorted(names)]
+    return files
+
+
 def _videos_tree(root: Path):
     clips, rejects = [], []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in VIDEO_EXTENSIONS or p.is_dir():
+    for p in walk_files(root, rejects):
+        if p.suffix.lower() not in VIDEO_EXTENSIONS:
             continue
-        parts = p.relative_to(root).parts
+        parts = [printable(x) for x in p.relative_to(root).parts]
         rel = "/".join(parts)
         if len(parts) < 3:
             rejects.append(_reject(rel, "not in the <speaker>/<video>/<clip> layout"))
             continue
-        clips.append(Clip("video", p, rel, parts[0], parts[-2], p.stem))
+        clips.append(Clip("video", p, rel, parts[0], parts[-2], printable(p.stem)))
     return clips, rejects
 
 
@@ -91,9 +118,9 @@ def _speaker_names(root: Path, meta_csv: str) -> dict[str, str]:
 def _frames_tree(root: Path, meta_csv: str):
     names = _speaker_names(root, meta_csv)
     clips, rejects = [], []
-    folders = sorted({p.parent for p in root.rglob("*") if p.suffix.lower() in FRAME_EXTENSIONS})
+    folders = sorted({p.parent for p in walk_files(root, rejects) if p.suffix.lower() in FRAME_EXTENSIONS})
     for folder in folders:
-        parts = folder.relative_to(root).parts
+        parts = tuple(printable(x) for x in folder.relative_to(root).parts)
         rel = "/".join(parts)
         if "1.6" in parts and parts.index("1.6") >= 1 and len(parts) >= parts.index("1.6") + 3:
             i = parts.index("1.6")

@@ -7,10 +7,12 @@ Frame folders: files ordered by the number in their name (never by listing order
 frames_fps, the same grid selection."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import re
+import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,7 +53,8 @@ def _check_file(path: Path) -> None:
 
 
 def probe(path: Path) -> dict:
-    """ffprobe's view of the first video stream; DecodeError when it is not a video."""
+    """ffprobe's view of the clip's video stream: a real video, not an attached picture (cover art), the longest
+    when there are several; DecodeError when there is none."""
     _check_file(path)
     try:
         info = ffmpeg.probe(str(path))
@@ -60,9 +63,31 @@ def probe(path: Path) -> dict:
         lines = list(dict.fromkeys(re.sub(r"^\[.*?\] ", "", ln) for ln in lines if ln))
         raise DecodeError(f"not a readable video ({'; '.join(lines[-2:]) or 'ffprobe failed'})") from None
     streams = [s for s in info.get("streams", []) if s.get("codec_type") == "video"]
-    if not streams:
-        raise DecodeError("no video stream")
-    return streams[0]
+    moving = [s for s in streams if not (s.get("disposition") or {}).get("attached_pic")]
+    if not moving:
+        raise DecodeError("no video stream (only an attached picture)" if streams else "no video stream")
+    return max(moving, key=_stream_length)
+
+
+def _stream_length(stream: dict) -> float:
+    for key in ("duration", "nb_frames"):
+        try:
+            return float(stream.get(key) or (stream.get("tags") or {}).get("DURATION", "x"))
+        except ValueError:
+            continue
+    return 0.0
+
+
+def frame_rate(stream: dict) -> float:
+    """The stream's frame rate; 0/0 or missing rates (stills, some MKVs) fall back to r_frame_rate, then 25."""
+    for key in ("avg_frame_rate", "r_frame_rate"):
+        try:
+            rate = float(Fraction(stream.get(key) or "0/1"))
+        except (ValueError, ZeroDivisionError):
+            continue
+        if math.isfinite(rate) and rate > 0:
+            return rate
+    return 25.0
 
 
 _SHOWINFO = re.compile(r"Parsed_showinfo.*\bn:\s*(\d+).*\bpts_time:\s*(\S+).*\bs:(\d+)x(\d+)")
@@ -79,15 +104,38 @@ def grid_select(timestamps: list[float], sample_fps: float) -> list[int]:
     return chosen
 
 
+@contextlib.contextmanager
+def utf8_path(path: Path):
+    """The path itself, or, when its name is not UTF-8 (ffmpeg-python cannot build a command from it), a
+    UTF-8-named link to it in a temporary folder for as long as the context lasts."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        with tempfile.TemporaryDirectory(prefix="sslfer-clip-") as folder:
+            link = os.path.join(folder, "clip" + os.fsencode(Path(path).suffix).decode("ascii", "replace"))
+            os.symlink(os.path.abspath(path), link)
+            yield link
+        return
+    yield str(path)
+
+
 def read_video(path: Path, sample_fps: float, max_side: int, report: DecodeReport) -> Iterator[Frame]:
+    with utf8_path(path) as name:
+        yield from _read_video(Path(name), sample_fps, max_side, report)
+
+
+def _read_video(path: Path, sample_fps: float, max_side: int, report: DecodeReport) -> Iterator[Frame]:
     stream = probe(path)
-    rate = float(Fraction(stream.get("avg_frame_rate") or "0/1") or Fraction(stream.get("r_frame_rate", "25/1")))
-    start = float(stream.get("start_time") or 0.0)
+    rate = frame_rate(stream)
+    try:
+        start = float(stream.get("start_time") or 0.0)
+    except ValueError:
+        start = 0.0
     r = repr(float(sample_fps))
     select = f"isnan(prev_selected_t)+gt(floor(t*{r}+1e-9),floor(prev_selected_t*{r}+1e-9))"
     scale_w = f"if(gt(iw,ih),min(iw,{max_side}),-2)"
     scale_h = f"if(gt(iw,ih),-2,min(ih,{max_side}))"
-    proc = (ffmpeg.input(str(path), threads=1)
+    proc = (ffmpeg.input(str(path), threads=1)[str(stream["index"])]  # mapped: never an attached picture
             .filter("select", select).filter("scale", w=scale_w, h=scale_h).filter("showinfo")
             .output("pipe:", format="rawvideo", pix_fmt="rgb24", fps_mode="passthrough")
             .global_args("-nostdin", "-hide_banner", "-loglevel", "info")
@@ -96,24 +144,31 @@ def read_video(path: Path, sample_fps: float, max_side: int, report: DecodeRepor
     errors: list[str] = []
 
     def read_stderr():
-        for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip()
-            m = _SHOWINFO.search(line)
-            if m:
-                infos.put((float(m.group(2)), int(m.group(3)), int(m.group(4))))
-            elif re.search(r"error|invalid|corrupt|truncat|missing", line, re.I):
-                errors.append(line.split("] ", 1)[-1])
-        infos.put(None)
+        try:
+            for raw in proc.stderr:
+                line = raw.decode(errors="replace").rstrip()
+                m = _SHOWINFO.search(line)
+                if m:
+                    pts = _float_or_nan(m.group(2))  # NOPTS: no timestamp, estimated below
+                    infos.put((pts, int(m.group(3)), int(m.group(4))))
+                elif re.search(r"error|invalid|corrupt|truncat|missing", line, re.I):
+                    errors.append(line.split("] ", 1)[-1])
+        finally:
+            infos.put(None)  # always: the consumer never waits on a dead reader
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    count = 0
+    count, last, untimed = 0, None, 0
     try:
         while True:
             info = infos.get()
             if info is None:
                 break
             pts, w, h = info
+            if math.isnan(pts):
+                pts = start if last is None else last + 1 / sample_fps
+                untimed += 1
+            last = pts
             data = proc.stdout.read(w * h * 3)
             if len(data) < w * h * 3:
                 break
@@ -128,6 +183,16 @@ def read_video(path: Path, sample_fps: float, max_side: int, report: DecodeRepor
     if code != 0 or errors:
         report.warning = f"decoding stopped or skipped data ({errors[-1] if errors else f'ffmpeg exit {code}'}); " \
                          f"the {count} frames decoded were kept"
+    elif untimed:
+        report.warning = f"{untimed} of {count} frames had no timestamp (NOPTS): placed {1 / sample_fps:.3g} s " \
+                         "after the previous one"
+
+
+def _float_or_nan(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
 
 
 def read_frame_folder(folder: Path, sample_fps: float, frames_fps: float, max_side: int) -> Iterator[Frame]:

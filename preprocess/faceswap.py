@@ -2,11 +2,13 @@
 speaker, giving a positive that keeps the expression and changes the identity (paper §3.2.2).
 
 Unlike the authors' code (see shared notes) the mask is feathered, values are clipped before the cast to
-uint8, and everything stays RGB. Donors: the `swap_tries` clips of other speakers ranked first by a seeded
-hash of (seed, clip, donor) (rendezvous hashing: adding clips to the corpus changes few existing choices);
-one seeded random frame of each is tried and the best-fitting one kept."""
+uint8, and everything stays RGB. Donors: the `swap_tries` clips of other speakers that follow the clip's
+seeded point on a hash ring of all clips (consistent hashing: O(log N + swap_tries) per clip, and adding clips
+to the corpus changes few existing choices); one seeded random frame of each is tried and the best-fitting one
+kept."""
 from __future__ import annotations
 
+import bisect
 import hashlib
 
 import cv2
@@ -19,11 +21,27 @@ def _score(*parts) -> int:
     return int.from_bytes(hashlib.sha1("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def choose_donor_clips(key: str, speaker: str, candidates: dict[str, str], seed: int, k: int) -> list[str]:
-    """The k donor clips for clip `key`: candidates (clip key -> speaker) of other speakers with the highest
-    seeded hash score. Stable when unrelated clips are added or removed."""
-    others = [c for c, s in candidates.items() if s != speaker]
-    return sorted(others, key=lambda c: _score(seed, key, c), reverse=True)[:k]
+def choose_donor_clips(clips: list[tuple[str, str]], seed: int, k: int) -> dict[str, list[str]]:
+    """clip key -> its k donor clips, for clips given as (key, speaker): every clip hashed onto a ring, and each
+    clip's donors are the first k clips of other speakers after its own seeded point. One sort, then
+    O(log N + k) per clip (more only where one speaker holds most of the ring); adding or removing a clip
+    changes the donors of the few clips whose walk passes it (~k / N of them)."""
+    ring = sorted((_score(seed, "ring", key), key, speaker) for key, speaker in clips)
+    points = [r[0] for r in ring]
+    if len({speaker for _, speaker in clips}) < 2:
+        return {key: [] for key, _ in clips}
+    donors: dict[str, list[str]] = {}
+    for key, speaker in clips:
+        start = bisect.bisect_right(points, _score(seed, "donor", key))
+        chosen = []
+        for j in range(len(ring)):
+            _, other, other_speaker = ring[(start + j) % len(ring)]
+            if other_speaker != speaker:
+                chosen.append(other)
+                if len(chosen) == k:
+                    break
+        donors[key] = chosen
+    return donors
 
 
 def donor_frame(seed: int, key: str, frame: int, donor: str, n_donor_frames: int) -> int:

@@ -14,7 +14,7 @@ import webdataset as wds
 
 from preprocess.cache import atomic_write_bytes
 from preprocess.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION, SHARD_NAME,
-                               ClipSample)
+                               ClipSample, join_jpegs)
 
 
 def pack_is_current(out: Path, pack_hash: str) -> bool:
@@ -97,7 +97,13 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     for clip in tqdm(order, desc="pack", unit="clip", dynamic_ncols=True):
         faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
         region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
-        swaps, swap_info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
+        if plan.faceswap[clip.key]:
+            swaps, swap_info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
+        else:  # faceswap=false
+            n = len(faces["time"])
+            blob, idx = join_jpegs([b""] * n)
+            swaps = {"swaps_blob": blob, "swaps_idx": idx}
+            swap_info = {"donors": [""] * n, "rejects": []}
         rejects.extend({**r, "source": rels[clip.key]} for r in swap_info["rejects"])
         sample = clip_sample(clip, faces, region, region_info, swaps, swap_info)
         region_dim, region_descriptor = int(sample.region.shape[1]), region_info["descriptor"]

@@ -3,7 +3,6 @@ options so that a rerun does only what changed."""
 from __future__ import annotations
 
 import json
-import multiprocessing as mp
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from preprocess.cache import StepCache, atomic_write_bytes, digest, fingerprint,
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, select_part
 from preprocess.faces import run_faces
+from preprocess.jobs import Failure, run_jobs
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig
 
@@ -38,25 +38,24 @@ def output_dir(shards: Path, part: str) -> Path:
     return shards if n == "1" else shards / "parts" / f"{i}-of-{n}"
 
 
-def _pool(workers: int, n_jobs: int):
-    return mp.get_context("spawn").Pool(min(workers, n_jobs)) if workers > 1 and n_jobs > 1 else None
-
-
-def _run_jobs(fn, jobs: list, workers: int, desc: str, unit_counter):
-    """Run fn over jobs (in worker processes when workers > 1), with a progress bar; yields results."""
-    pool = _pool(workers, len(jobs))
-    results = pool.imap_unordered(fn, jobs) if pool else map(fn, jobs)
+def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_dir: Path):
+    """Run fn over jobs in isolated worker processes (preprocess.jobs), with a progress bar; yields (job,
+    result or Failure): a job that raises, dies or times out is a Failure, never the end of the build. The
+    workers' native log lines go to log_dir."""
     frames, t0 = 0, time.perf_counter()
-    try:
-        with tqdm(total=len(jobs), desc=desc, unit="clip", dynamic_ncols=True) as bar:
-            for r in results:
-                frames += unit_counter(r)
-                bar.update(1)
-                bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
-                yield r
-    finally:
-        if pool:
-            pool.terminate()
+    with tqdm(total=len(jobs), desc=desc, unit="clip", dynamic_ncols=True) as bar:
+        for job, r in run_jobs(fn, jobs, cfg.workers, cfg.clip_timeout_s, str(log_dir)):
+            frames += 0 if isinstance(r, Failure) else unit_counter(r)
+            bar.update(1)
+            bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
+            yield job, r
+
+
+def failed_info(clip: Clip, step: str, reason: str) -> dict:
+    """The info of a clip whose job failed outright (not cached: the next run tries it again)."""
+    return {"sampled": 0, "kept": 0, "drops": {}, "failed": True,
+            "rejects": [{"source": clip.rel, "key": clip.key, "frame": -1, "timestamp": -1.0, "step": step,
+                         "reason": reason}]}
 
 
 def _faces_job(args):
@@ -181,10 +180,13 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     t = time.perf_counter()
     todo = [c for c in clips if not caches["faces"].has(c.key, plan.faces[c.key])]
     jobs = [(c, cfg, cache_root, plan.faces[c.key]) for c in todo]
-    for _ in _run_jobs(_faces_job, jobs, cfg.workers, "faces", lambda info: info["sampled"]):
-        pass
+    crashed = {job[0].key: failed_info(job[0], "faces", r.reason)
+               for job, r in _run_jobs(_faces_job, jobs, cfg, "faces", lambda info: info["sampled"],
+                                       cache_root / "logs")
+               if isinstance(r, Failure)}
     work["faces"] = len(todo)
-    infos = {c.key: load_npz_info(caches["faces"].path(c.key, plan.faces[c.key])) for c in clips}
+    infos = {c.key: crashed.get(c.key) or load_npz_info(caches["faces"].path(c.key, plan.faces[c.key]))
+             for c in clips}
     usable = [c for c in clips if not infos[c.key]["failed"]]
     timings["faces"] = time.perf_counter() - t
 
@@ -198,19 +200,28 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
 
     # faceswap: composites with donors of other speakers
     t = time.perf_counter()
-    speakers = {c.key: c.speaker for c in usable}
-    for c in usable:
-        donors = fs.choose_donor_clips(c.key, c.speaker, speakers, cfg.swap_seed, cfg.swap_tries) \
-            if cfg.faceswap else []
-        plan.donors[c.key] = donors
-        plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],
-                                      [plan.faces[d] for d in donors], opts["faceswap"])
-    todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
-    jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
-             {d: caches["faces"].path(d, plan.faces[d]) for d in plan.donors[c.key]}) for c in todo]
-    made = sum(info["made"] for info in _run_jobs(_swap_job, jobs, cfg.workers, "faceswap",
-                                                     lambda info: len(info["donors"])))
-    work["faceswap"] = len(todo)
+    made = 0
+    if cfg.faceswap:
+        donors = fs.choose_donor_clips([(c.key, c.speaker) for c in usable], cfg.swap_seed, cfg.swap_tries)
+        for c in usable:
+            plan.donors[c.key] = donors[c.key]
+            plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],
+                                          [plan.faces[d] for d in donors[c.key]], opts["faceswap"])
+        todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
+        jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
+                 {d: caches["faces"].path(d, plan.faces[d]) for d in plan.donors[c.key]}) for c in todo]
+        by_key = {c.key: c for c in usable}
+        for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
+                               cache_root / "logs"):
+            if isinstance(r, Failure):  # the clip sits out this run; tried again next time
+                infos[job[0]] = failed_info(by_key[job[0]], "faceswap", r.reason)
+            else:
+                made += r["made"]
+        usable = [c for c in usable if not infos[c.key]["failed"]]
+        work["faceswap"] = len(todo)
+    else:
+        plan.faceswap = {c.key: "" for c in usable}  # no composites: every frame's swap is empty
+        work["faceswap"] = 0
     timings["faceswap"] = time.perf_counter() - t
 
     # pack: shards + manifest
@@ -247,6 +258,8 @@ def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, t
               for c in clips if infos[c.key]["failed"]]
     swap_made = swap_skipped = 0
     for c in usable:
+        if not plan.faceswap[c.key]:
+            continue
         info = load_npz_info(caches["faceswap"].path(c.key, plan.faceswap[c.key]))
         swap_made += info["made"]
         swap_skipped += len(info["donors"]) - info["made"]

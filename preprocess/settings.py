@@ -1,10 +1,10 @@
 """`make shards` options. Each option names the pipeline step whose cached output it changes."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from preprocess.config import option
+from preprocess.jobs import available_cpus
 
 # Pipeline steps, in order. A step's cache key hashes its inputs and the options tagged with it.
 STEPS = ("faces", "region", "faceswap", "pack")
@@ -45,7 +45,11 @@ class ShardsConfig:
     swap_colour_blur: float = option(0.6, "colour correction blur, in inter-ocular distances", "faceswap")
     shard_max_mb: float = option(256.0, "a shard is closed once it holds this many MB", "pack")
     pack_seed: int = option(0, "seed of the order clips are spread over shards", "pack")
-    workers: int = option(os.cpu_count() or 1, "clips processed in parallel (processes)")
+    workers: int = option(available_cpus(), "clips processed in parallel, each in its own worker process "
+                                            "(default: the CPUs this process may use, SLURM's allocation "
+                                            "included); 0 = in this process (debugging: no timeout)")
+    clip_timeout_s: float = option(1800.0, "a clip whose decoding and face steps take longer is rejected "
+                                           "and the run goes on (0 = no limit)")
     part: str = option("0/1", "process the deterministic part i of n of the corpus (i/n, 0-based) into "
                               "SHARDS/parts/i-of-n; `make shards-merge` joins the parts")
     max_clips: int = option(0, "process at most this many clips (0 = all)")

@@ -110,12 +110,11 @@ def test_adding_clips_processes_only_the_new_ones(good_corpus, tmp_path, photos)
     samples = read_samples(shards)
     new = [s for s in samples if s.meta["speaker"] == "id00009"]
     assert len(new) == 1 and summary["work_done"]["region"] == len(new[0])
-    # FaceSwap reruns for the new clip and for the clips whose donor list now holds it (rendezvous hashing)
+    # FaceSwap reruns for the new clip and for the clips whose donor list now holds it (hash ring)
     from preprocess import faceswap as fs
 
-    speakers = {s.key: s.meta["speaker"] for s in samples}
-    gained = [k for k in speakers if k != new[0].key and new[0].key in
-              fs.choose_donor_clips(k, speakers[k], speakers, 0, 5)]
+    donors = fs.choose_donor_clips([(s.key, s.meta["speaker"]) for s in samples], 0, 5)
+    gained = [k for k in donors if k != new[0].key and new[0].key in donors[k]]
     assert summary["work_done"]["faceswap"] == 1 + len(gained)
 
 

@@ -1,0 +1,168 @@
+"""Per-clip jobs that cannot stop a batch. Each job runs in a worker process; a job that raises, whose process
+dies (killed for memory, a crash in native code) or that runs past its timeout becomes a `Failure` with its
+reason, the worker is replaced when needed, and the other jobs go on. workers=0 runs the jobs in this process
+(for debugging: no timeout, no isolation)."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from multiprocessing.connection import wait
+from typing import Callable, Iterator
+
+# one thread per worker: the workers are the parallelism, threads inside them would oversubscribe the CPUs
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+                     "GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+@dataclass
+class Failure:
+    reason: str
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: its affinity mask (cgroups, taskset), capped by SLURM's allocation."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    return max(1, min(n, int(slurm))) if slurm.isdigit() and int(slurm) > 0 else max(1, n)
+
+
+def pin_threads() -> None:
+    import cv2
+
+    cv2.setNumThreads(1)
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    return f"exit code {code}"
+
+
+def _worker(fn, conn, log_dir) -> None:
+    if log_dir:  # native libraries' log lines (mediapipe's, ffmpeg's) go to a file, not over the progress bars
+        os.makedirs(log_dir, exist_ok=True)
+        fd = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(fd, 2)
+        os.close(fd)
+    pin_threads()
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:
+            return
+        if msg is None:
+            return
+        i, job = msg
+        try:
+            result = (i, True, fn(job))
+        except Exception as e:  # noqa: BLE001 - any failure of one job is that job's reject reason
+            result = (i, False, f"{type(e).__name__}: {e}")
+        conn.send(result)
+
+
+class _Slot:
+    def __init__(self, ctx, fn, log_dir):
+        self.conn, child = ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+        os.environ.update(SINGLE_THREAD_ENV)  # inherited by the spawned worker before it imports anything
+        try:
+            self.proc = ctx.Process(target=_worker, args=(fn, child, log_dir), daemon=True)
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        self.job: int | None = None
+        self.started = 0.0
+
+    def give(self, i: int, job) -> None:
+        self.job, self.started = i, time.monotonic()
+        self.conn.send((i, job))
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            self.proc.kill()
+        self.proc.join(5)
+        self.conn.close()
+
+
+def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
+             log_dir: str = "") -> Iterator[tuple[object, object]]:
+    """Yields (job, result or Failure) for every job, in the order they finish. timeout_s = 0: no limit.
+    log_dir: where the workers' stderr goes (one file per worker process; default: this process's stderr)."""
+    if workers <= 0 or not jobs:
+        for job in jobs:
+            try:
+                yield job, fn(job)
+            except Exception as e:  # noqa: BLE001
+                yield job, Failure(f"{type(e).__name__}: {e}")
+        return
+    ctx = mp.get_context("spawn")
+    pending = deque(range(len(jobs)))
+    slots = [_Slot(ctx, fn, log_dir) for _ in range(min(workers, len(jobs)))]
+    try:
+        while pending or any(s.job is not None for s in slots):
+            for s in slots:
+                if s.job is None and pending:
+                    i = pending.popleft()
+                    s.give(i, jobs[i])
+            busy = [s for s in slots if s.job is not None]
+            limit = None
+            if timeout_s > 0:
+                limit = max(0.0, min(s.started + timeout_s for s in busy) - time.monotonic())
+            ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], timeout=limit)
+            for k, s in enumerate(slots):
+                if s.job is None:
+                    continue
+                failure = None
+                if s.conn in ready:
+                    try:
+                        i, ok, value = s.conn.recv()
+                    except (EOFError, OSError):
+                        failure = f"worker process died ({_describe_exit(_exit_code(s))})"
+                    else:
+                        s.job = None
+                        yield jobs[i], (value if ok else Failure(value))
+                        continue
+                elif s.proc.sentinel in ready:
+                    failure = f"worker process died ({_describe_exit(_exit_code(s))})"
+                elif timeout_s > 0 and time.monotonic() - s.started >= timeout_s:
+                    failure = f"timed out after {timeout_s:g} s"
+                if failure:
+                    i = s.job
+                    s.stop()
+                    slots[k] = _Slot(ctx, fn, log_dir)
+                    yield jobs[i], Failure(failure)
+    finally:
+        for s in slots:
+            if s.proc.is_alive():
+                try:
+                    s.conn.send(None)
+                except (BrokenPipeError, OSError):
+                    pass
+        for s in slots:
+            s.proc.join(2)
+            s.stop()
+
+
+def _exit_code(slot: _Slot) -> int | None:
+    slot.proc.join(1)
+    return slot.proc.exitcode

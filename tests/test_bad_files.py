@@ -1,0 +1,164 @@
+"""No file stops a build: every per-clip failure becomes a reject with its reason and the run goes on.
+Each test makes its own odd files."""
+import io
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+
+from preprocess import synthetic
+from preprocess.jobs import Failure, run_jobs
+from tests.conftest import build
+
+
+def _job(x):
+    """A job for run_jobs: 'kill' dies by SIGKILL (as the OOM killer does), 'sleep' hangs, 'raise' raises."""
+    if x == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if x == "sleep":
+        time.sleep(60)
+    if x == "raise":
+        raise ValueError("bad clip")
+    return x * 2
+
+
+def test_a_killed_hung_or_failing_job_is_a_failure_and_the_others_finish():
+    jobs = [1, "kill", 2, "sleep", 3, "raise", 4]
+    t = time.monotonic()
+    results = dict(run_jobs(_job, jobs, workers=2, timeout_s=8))
+    assert time.monotonic() - t < 50  # the hung job was stopped at its timeout, not waited for
+    assert [results[i] for i in (1, 2, 3, 4)] == [2, 4, 6, 8]
+    assert isinstance(results["kill"], Failure) and "killed by SIGKILL" in results["kill"].reason
+    assert isinstance(results["sleep"], Failure) and "timed out after 8 s" in results["sleep"].reason
+    assert isinstance(results["raise"], Failure) and results["raise"].reason == "ValueError: bad clip"
+
+
+def test_in_process_jobs_turn_exceptions_into_failures():
+    results = dict(run_jobs(_job, [1, "raise"], workers=0))
+    assert results[1] == 2 and results["raise"].reason == "ValueError: bad clip"
+
+
+def _ffmpeg(*args):
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", *map(str, args)], check=True)
+
+
+@pytest.fixture(scope="module")
+def odd_corpus(tmp_path_factory, photos):
+    """A good clip, a podcast (audio + cover art, named .mp4), a clip whose first video stream is cover art, a
+    file name that is not UTF-8, a folder named like a video and a folder link that loops."""
+    root = tmp_path_factory.mktemp("odd")
+    good = synthetic.make_clip(root / "id1" / "v" / "good.mp4", photos["astronaut"], seconds=2.0)
+    cover = root / "cover.jpg"
+    _ffmpeg("-i", good, "-frames:v", "1", cover)
+    (root / "id2" / "v").mkdir(parents=True)
+    _ffmpeg("-f", "lavfi", "-i", "sine=duration=2", "-i", cover, "-map", "0", "-map", "1", "-c:a", "aac",
+            "-c:v", "mjpeg", "-disposition:v", "attached_pic", root / "id2" / "v" / "podcast.mp4")
+    (root / "id3" / "v").mkdir(parents=True)
+    _ffmpeg("-i", cover, "-i", good, "-map", "0:v", "-map", "1:v", "-c:v:0", "mjpeg", "-c:v:1", "copy",
+            "-disposition:v:0", "attached_pic", root / "id3" / "v" / "cover_first.mp4")
+    latin1 = os.fsencode(root / "id4" / "v") + b"/caf\xe9.mp4"  # Latin-1, not UTF-8
+    os.makedirs(os.path.dirname(latin1))
+    os.link(good, latin1)
+    (root / "id5" / "v" / "folder.mp4").mkdir(parents=True)
+    os.symlink(root / "id5", root / "id5" / "v" / "loop")
+    os.remove(cover)
+    return root
+
+
+def test_odd_files_are_kept_or_rejected_with_reasons(odd_corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    from preprocess.__main__ import main
+    from preprocess.schema import REJECTS
+
+    shards = tmp_path / "s"
+    code = main(["build", str(odd_corpus), str(shards), "workers=1", "region_weights=random"])
+    assert code == 3  # some clips failed, the build finished
+    rejects = pq.read_table(shards / REJECTS).to_pylist()
+    reasons = {r["source"]: r["reason"] for r in rejects}
+    assert "only an attached picture" in reasons["id2/v/podcast.mp4"]
+    assert any(s.endswith("folder.mp4") and "folder named like a video" in r for s, r in reasons.items())
+    assert any(s.endswith("loop") and "loops back" in r for s, r in reasons.items())
+    sources = set(pq.read_table(shards / "manifest.parquet", columns=["source"]).column("source").to_pylist())
+    assert {"id1/v/good.mp4", "id3/v/cover_first.mp4", "id4/v/caf\\xe9.mp4"} <= sources
+
+
+def test_zero_frame_rate_falls_back():
+    from preprocess.decode import frame_rate
+
+    assert frame_rate({"avg_frame_rate": "0/0", "r_frame_rate": "30000/1001"}) == pytest.approx(29.97, abs=0.01)
+    assert frame_rate({"avg_frame_rate": "0/0", "r_frame_rate": "0/0"}) == 25.0
+    assert frame_rate({}) == 25.0
+
+
+class _FakeFfmpeg:
+    """Stands in for ffmpeg-python's chain: run_async gives a process printing showinfo lines with NOPTS."""
+
+    def __init__(self, frames, stderr_lines):
+        self.frames, self.stderr_lines = frames, stderr_lines
+
+    def input(self, *a, **k):
+        return self
+
+    def __getitem__(self, _):
+        return self
+
+    def filter(self, *a, **k):
+        return self
+
+    output = global_args = filter
+
+    def run_async(self, **k):
+        class Proc:
+            stdout = io.BytesIO(b"".join(f.tobytes() for f in self.frames))
+            stderr = io.BytesIO("\n".join(self.stderr_lines).encode())
+
+            def wait(self):
+                return 0
+        return Proc()
+
+
+def test_frames_without_timestamps_are_placed_not_waited_for(monkeypatch):
+    from preprocess import decode
+
+    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
+    lines = [f"[Parsed_showinfo_2 @ 0x1] n:   {i} pts:  {p} pts_time:{t} duration: 1 s:6x4 fmt:rgb24"
+             for i, (p, t) in enumerate([("0", "0"), ("NOPTS", "NOPTS"), ("NOPTS", "NOPTS")])]
+    monkeypatch.setattr(decode, "ffmpeg", _FakeFfmpeg(frames, lines))
+    monkeypatch.setattr(decode, "probe", lambda path: {"index": 0, "avg_frame_rate": "25/1"})
+    report = decode.DecodeReport()
+    got = list(decode.read_video("x.mp4", 4.0, 640, report))
+    assert [f.timestamp for f in got] == [0.0, 0.25, 0.5]
+    assert "2 of 3 frames had no timestamp" in report.warning
+
+
+def test_a_clip_whose_job_fails_is_rejected_and_the_build_goes_on(good_corpus, tmp_path, monkeypatch):
+    from preprocess import pipeline
+
+    real = pipeline.run_faces
+
+    def flaky(clip, cfg):
+        if clip.speaker == "id00002":
+            raise MemoryError("simulated")
+        return real(clip, cfg)
+
+    monkeypatch.setattr(pipeline, "run_faces", flaky)
+    summary = build(good_corpus, tmp_path / "s", workers=0)
+    assert summary["clips_failed"] == 1 and "MemoryError: simulated" in summary["failed"][0]["reason"]
+    assert summary["clips_usable"] == summary["clips"] - 1
+    monkeypatch.setattr(pipeline, "run_faces", real)
+    again = build(good_corpus, tmp_path / "s", workers=0)  # not cached as failed: tried again
+    assert again["work_done"]["faces"] == 1 and again["clips_failed"] == 0
+
+
+def test_faceswap_false_skips_the_step(good_corpus, tmp_path):
+    from tests.test_shards import read_samples
+
+    summary = build(good_corpus, tmp_path / "s", "faceswap=false", workers=0)
+    assert summary["work_done"]["faceswap"] == 0 and summary["composites"] == 0
+    assert not list((tmp_path / "s" / ".cache" / "faceswap").glob("*.npz"))
+    samples = read_samples(tmp_path / "s")
+    assert samples and not any(s.has_swap().any() for s in samples)
