@@ -20,7 +20,7 @@ EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPOR
 	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
 .PHONY: help setup demo shards shards-merge pretrain table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
-	bench-shards bench-train bench-batches bench-eval bench-eval-memory experiment
+	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
 	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
@@ -40,6 +40,7 @@ help:
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
+	@echo "make bench-scale                the batch stage's bookkeeping at VoxCeleb1's size (simulated clips)"
 	@echo "make bench-batches              simulate batch make-up and shuffling at full size (bookkeeping only)"
 	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help"
 
@@ -100,6 +101,9 @@ bench-shards: setup
 
 bench-train: setup
 	$(PY) bench/bench_train.py $(ARGS)
+
+bench-scale: setup
+	$(PY) bench/bench_scale.py $(ARGS)
 
 bench-batches: setup
 	$(PY) bench/bench_batches.py $(ARGS)

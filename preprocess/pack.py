@@ -4,8 +4,10 @@ Shards are written under temporary names and renamed when closed; the manifest i
 last, so a folder with a manifest always has complete shards that match it."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,7 +16,7 @@ import webdataset as wds
 
 from preprocess.cache import atomic_write_bytes
 from preprocess.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION, SHARD_NAME,
-                               ClipSample, join_jpegs)
+                               ClipSample, arrow_schema, join_jpegs)
 
 
 def pack_is_current(out: Path, pack_hash: str) -> bool:
@@ -29,8 +31,7 @@ def pack_is_current(out: Path, pack_hash: str) -> bool:
 
 
 def write_parquet(path: Path, rows: list[dict], columns: dict, metadata: dict | None = None) -> None:
-    table = pa.Table.from_pylist(rows) if rows else pa.table({c: pa.array([], pa.string()) for c in columns})
-    table = table.select(list(columns))
+    table = pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows], schema=arrow_schema(columns))
     if metadata:
         table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
     sink = pa.BufferOutputStream()
@@ -128,35 +129,83 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     return {"shards": writer.index + 1, "bytes": writer.total, "frames": len(rows)}
 
 
+# options that may differ between the parts of one run (they do not change what a part writes)
+_PER_PART_OPTIONS = {"part", "workers", "clip_timeout_s", "device", "cache_dir", "region_batch_size"}
+
+
 def merge_parts(shards: Path) -> dict:
-    """Join the manifests and rejects of a split run (SHARDS/parts/i-of-n) into SHARDS/."""
-    parts = sorted((shards / "parts").glob("*-of-*"))
-    if not parts:
+    """Join the manifests and rejects of a split run (SHARDS/parts/i-of-n) into SHARDS/, after checking the
+    parts belong together: one n, every part finished, the same options, schema and region descriptor. Streams
+    part by part (Arrow tables, one part in memory at a time); discovery's rejects, seen by every part, once."""
+    from preprocess.config import ConfigError, load_config
+    from preprocess.settings import ShardsConfig
+
+    folders = sorted((shards / "parts").glob("*-of-*")) if (shards / "parts").is_dir() else []
+    if not folders:
         raise FileNotFoundError(f"{shards}/parts: no parts to merge (run make shards with part=i/n first)")
-    n = int(parts[0].name.split("-of-")[1])
-    expected = {f"{i}-of-{n}" for i in range(n)}
-    have = {p.name for p in parts if (p / MANIFEST).is_file()}
-    if have != expected:
-        raise FileNotFoundError(f"parts missing or unfinished: {', '.join(sorted(expected - have))}")
-    tables, rejects, total, count = [], [], 0, 0
+    ns = sorted({int(p.name.split("-of-")[1]) for p in folders if p.name.split("-of-")[1].isdigit()})
+    if len(ns) != 1:
+        raise ValueError(f"{shards}/parts holds parts of {' and '.join(map(str, ns))}: remove the stale ones")
+    n = ns[0]
+    names = [f"{i}-of-{n}" for i in range(n)]
+    missing = [name for name in names if not (shards / "parts" / name / MANIFEST).is_file()]
+    if missing:
+        raise FileNotFoundError(f"parts missing or unfinished: {', '.join(missing)}")
+    configs = {}
+    for name in names:
+        try:
+            cfg = dataclasses.asdict(load_config(ShardsConfig, shards / "parts" / name / "config.toml"))
+        except (ConfigError, FileNotFoundError, OSError) as e:
+            raise ValueError(f"part {name}: unreadable config.toml ({e})") from None
+        configs[name] = {k: v for k, v in cfg.items() if k not in _PER_PART_OPTIONS}
+    first = configs[names[0]]
+    for name in names[1:]:
+        diff = sorted(k for k in first if configs[name].get(k) != first[k])
+        if diff:
+            raise ValueError(f"parts {names[0]} and {name} were built with different options ({', '.join(diff)}): "
+                             "rebuild them with one config")
+    manifest_schema, reject_schema = arrow_schema(MANIFEST_COLUMNS), arrow_schema(REJECT_COLUMNS)
+    total = count = frames = 0
     descriptors = set()
-    for name in sorted(expected, key=lambda s: int(s.split("-")[0])):
-        t = pq.read_table(shards / "parts" / name / MANIFEST)
-        meta = t.schema.metadata
-        descriptors.add((meta[b"region_descriptor"], meta[b"region_dim"]))
-        total += int(meta[b"bytes"])
-        count += int(meta[b"shards"])
-        shard_col = pa.array([f"parts/{name}/{s}" for s in t.column("shard").to_pylist()])
-        tables.append(t.set_column(t.schema.get_field_index("shard"), "shard", shard_col))
-        rejects.append(pq.read_table(shards / "parts" / name / REJECTS))
+    for name in names:  # footers only: validate and total before writing anything
+        path = shards / "parts" / name / MANIFEST
+        schema, rows = pq.read_schema(path), pq.read_metadata(path).num_rows
+        meta = schema.metadata or {}
+        if int(meta.get(b"schema_version", b"-1")) != SCHEMA_VERSION or set(schema.names) != set(manifest_schema.names):
+            raise ValueError(f"part {name}: manifest of another schema version; rebuild it")
+        if rows:
+            descriptors.add((meta[b"region_descriptor"].decode(), meta[b"region_dim"].decode()))
+        total, count, frames = total + int(meta.get(b"bytes", b"0")), count + int(meta.get(b"shards", b"0")), \
+            frames + rows
     if len(descriptors) > 1:
         raise ValueError("parts were built with different region descriptors; rebuild them with one config")
-    (desc, dim), = descriptors
-    merged = pa.concat_tables([t.replace_schema_metadata(None) for t in tables])
+    (desc, dim), = descriptors or {("", "0")}
     metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": "merged", "shards": count, "bytes": total,
-                "region_descriptor": desc.decode(), "region_dim": dim.decode(),
-                "columns": json.dumps(MANIFEST_COLUMNS)}
-    write_parquet(shards / REJECTS, pa.concat_tables([r.replace_schema_metadata(None) for r in rejects])
-                  .to_pylist(), REJECT_COLUMNS)
-    write_parquet(shards / MANIFEST, merged.to_pylist(), MANIFEST_COLUMNS, metadata)
-    return {"parts": n, "frames": merged.num_rows, "shards": count, "bytes": total}
+                "region_descriptor": desc, "region_dim": dim, "columns": json.dumps(MANIFEST_COLUMNS)}
+    manifest_schema = manifest_schema.with_metadata({k: str(v) for k, v in metadata.items()})
+    seen_discover = set()
+    tmp_manifest, tmp_rejects = shards / f".{MANIFEST}.merge.tmp", shards / f".{REJECTS}.merge.tmp"
+    try:
+        with pq.ParquetWriter(tmp_manifest, manifest_schema) as manifest_out, \
+                pq.ParquetWriter(tmp_rejects, reject_schema) as rejects_out:
+            for name in names:  # one part in memory at a time
+                t = pq.read_table(shards / "parts" / name / MANIFEST).select(manifest_schema.names)
+                shard_col = pa.array([f"parts/{name}/{s}" for s in t.column("shard").to_pylist()], pa.string())
+                t = t.set_column(t.schema.get_field_index("shard"), "shard", shard_col)
+                manifest_out.write_table(t.cast(manifest_schema))
+                r = pq.read_table(shards / "parts" / name / REJECTS).select(reject_schema.names).cast(reject_schema)
+                keep = []
+                for row in r.to_pylist():  # rejects are few; discovery's are repeated in every part
+                    if row["step"] == "discover":
+                        if (row["source"], row["reason"]) in seen_discover:
+                            continue
+                        seen_discover.add((row["source"], row["reason"]))
+                    keep.append(row)
+                rejects_out.write_table(pa.Table.from_pylist(keep, schema=reject_schema))
+        os.replace(tmp_rejects, shards / REJECTS)
+        os.replace(tmp_manifest, shards / MANIFEST)
+    finally:
+        tmp_manifest.unlink(missing_ok=True)
+        tmp_rejects.unlink(missing_ok=True)
+    return {"parts": n, "frames": frames, "shards": count, "bytes": total,
+            "rejects": pq.read_metadata(shards / REJECTS).num_rows}

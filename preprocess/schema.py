@@ -51,6 +51,16 @@ REJECT_COLUMNS = {
     "reason": "why, in words",
 }
 
+
+def arrow_schema(columns: dict):
+    """The Arrow types of MANIFEST_COLUMNS or REJECT_COLUMNS (empty tables keep them: parts merge cleanly)."""
+    import pyarrow as pa
+
+    types = {"frame": pa.int64(), "source_frame": pa.int64(), "timestamp": pa.float64(), "n_faces": pa.int64(),
+             "has_region": pa.bool_(), "has_swap": pa.bool_()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in columns])
+
+
 # Sample file extensions.
 META = "meta.json"          # speaker, video, clip, source, schema, region descriptor, donors
 TIME = "time.npy"           # float64 [n] timestamps, seconds

@@ -253,3 +253,31 @@ def test_real_talking_faces(tmp_path):
     assert summary["clips_failed"] == 0
     assert summary["frames_kept"] >= 0.9 * summary["frames_sampled"]
     assert summary["composites"] > 0.5 * summary["frames_kept"]
+
+
+def test_merge_validates_parts_and_handles_empty_ones(good_corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    from preprocess.pack import merge_parts
+
+    corpus = tmp_path / "corpus"
+    shutil.copytree(good_corpus, corpus)
+    (corpus / "stray.mp4").write_bytes(b"x")  # outside the layout: a discovery reject every part sees
+    shards = tmp_path / "s"
+    for i in range(6):  # 4 clips over 6 parts: some parts hold no clip at all
+        build(corpus, shards, f"part={i}/6", "faceswap=false", workers=0)
+    rows_per_part = [pq.read_metadata(shards / "parts" / f"{i}-of-6" / MANIFEST).num_rows for i in range(6)]
+    assert 0 in rows_per_part
+    summary = merge_parts(shards)
+    assert summary["parts"] == 6 and summary["frames"] == sum(rows_per_part) == len(read_manifest(shards))
+    rejects = pq.read_table(shards / REJECTS).to_pylist()
+    assert sum(r["source"] == "stray.mp4" for r in rejects) == 1
+    assert sum(len(s) for s in read_samples(shards)) == summary["frames"]
+
+    (shards / "parts" / "0-of-4").mkdir()  # a stale folder of another split
+    with pytest.raises(ValueError, match="parts of 4 and 6"):
+        merge_parts(shards)
+    (shards / "parts" / "0-of-4").rmdir()
+    build(corpus, shards, "part=1/6", "faceswap=false", "sample_fps=2", workers=0)  # one part, other options
+    with pytest.raises(ValueError, match="different options .*sample_fps"):
+        merge_parts(shards)
