@@ -51,6 +51,55 @@ def fingerprint(clip: Clip) -> str:
     return h.hexdigest()
 
 
+class Stamps:
+    """Content fingerprints remembered with each clip's stat stamp (size, mtime, inode): a rerun reads a file's
+    bytes only when its stamp changed. For a frames folder the stamp is the folder's own (it changes when frames
+    are added, removed or renamed, not when one is rewritten in place). One table per part of a split run."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.known: dict[str, tuple] = {}
+        if self.path.is_file():
+            import pyarrow.parquet as pq
+
+            try:
+                t = pq.read_table(self.path).to_pydict()
+                self.known = {r: (s, m, i, f) for r, s, m, i, f in
+                              zip(t["rel"], t["size"], t["mtime_ns"], t["inode"], t["fingerprint"])}
+            except Exception:  # noqa: BLE001 - a damaged table only costs reading the files again
+                self.known = {}
+        self.now: dict[str, tuple] = {}
+        self.read = 0  # clips whose content was read this run
+
+    def fingerprint(self, clip: Clip) -> str:
+        try:
+            st = os.stat(clip.path)
+            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            return fingerprint(clip)  # not remembered: tried again next run
+        old = self.known.get(clip.rel)
+        fp = old[3] if old and old[:3] == stamp else None
+        if fp is None:
+            fp = fingerprint(clip)
+            self.read += 1
+        self.now[clip.rel] = (*stamp, fp)
+        return fp
+
+    def save(self) -> None:
+        if self.now == self.known:
+            return
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rels = sorted(self.now)
+        table = pa.table({"rel": rels, "size": [self.now[r][0] for r in rels],
+                          "mtime_ns": [self.now[r][1] for r in rels], "inode": [self.now[r][2] for r in rels],
+                          "fingerprint": [self.now[r][3] for r in rels]})
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+
+
 def digest(*parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -203,11 +252,13 @@ def load_npz(path: Path) -> tuple[dict, dict]:
 
 
 class StepCache:
-    """One folder per step; one file per clip and input hash."""
+    """One folder per step; one file per clip and input hash. `infos()` reads many outputs' info records from
+    an index kept beside them (one table per part of a split run), so a rerun opens no output file."""
 
-    def __init__(self, root: Path, step: str):
+    def __init__(self, root: Path, step: str, part: str = "0/1"):
         self.dir = root / step
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.index_path = self.dir / f"index-{part.replace('/', '-of-')}.parquet"
 
     def path(self, key: str, h: str) -> Path:
         return self.dir / f"{key}-{h}.npz"
@@ -223,3 +274,34 @@ class StepCache:
 
     def load(self, key: str, h: str) -> tuple[dict, dict]:
         return load_npz(self.path(key, h))
+
+    def infos(self, wanted: dict[str, str]) -> dict[str, dict]:
+        """key -> info of the output (key, hash) for every key in wanted (all must exist): from the index where
+        it holds that hash, else from the output file (and the index is updated)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        indexed: dict[str, tuple[str, str]] = {}
+        if self.index_path.is_file():
+            try:
+                t = pq.read_table(self.index_path).to_pydict()
+                indexed = dict(zip(t["key"], zip(t["hash"], t["info"])))
+            except Exception:  # noqa: BLE001 - a damaged index only costs reading the outputs again
+                indexed = {}
+        out, texts, changed = {}, {}, False
+        for key, h in wanted.items():
+            hit = indexed.get(key)
+            if hit and hit[0] == h:
+                texts[key] = hit[1]
+            else:
+                with np.load(self.path(key, h), allow_pickle=False) as z:
+                    texts[key] = z["_info"].tobytes().decode()
+                changed = True
+            out[key] = json.loads(texts[key])
+        if changed or set(indexed) != set(wanted):
+            keys = sorted(wanted)
+            table = pa.table({"key": keys, "hash": [wanted[k] for k in keys], "info": [texts[k] for k in keys]})
+            sink = pa.BufferOutputStream()
+            pq.write_table(table, sink)
+            atomic_write_bytes(self.index_path, sink.getvalue().to_pybytes())
+        return out

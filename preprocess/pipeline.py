@@ -11,7 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from preprocess import faceswap as fs
-from preprocess.cache import StepCache, atomic_write_bytes, digest, fingerprint, load_npz
+from preprocess.cache import Stamps, StepCache, atomic_write_bytes, digest, load_npz
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, select_part
 from preprocess.faces import run_faces
@@ -154,7 +154,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     out = output_dir(shards, cfg.part)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else shards / ".cache"
-    caches = {s: StepCache(cache_root, s) for s in ("faces", "region", "faceswap")}
+    caches = {s: StepCache(cache_root, s, cfg.part) for s in ("faces", "region", "faceswap")}
     timings: dict[str, float] = {}
     work: dict[str, int] = {}
 
@@ -171,8 +171,11 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         clips = clips[:cfg.max_clips]
     plan = Plan(clips)
     opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
+    stamps = Stamps(cache_root / f"stamps-{cfg.part.replace('/', '-of-')}.parquet")
     for c in clips:
-        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], fingerprint(c), opts["faces"])
+        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], stamps.fingerprint(c), opts["faces"])
+    stamps.save()
+    work["content_read"] = stamps.read
     timings["discover"] = time.perf_counter() - t
     atomic_write_bytes(out / CONFIG, to_toml(cfg).encode())
 
@@ -185,8 +188,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
                                        cache_root / "logs")
                if isinstance(r, Failure)}
     work["faces"] = len(todo)
-    infos = {c.key: crashed.get(c.key) or load_npz_info(caches["faces"].path(c.key, plan.faces[c.key]))
-             for c in clips}
+    infos = {**caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed}),
+             **crashed}
     usable = [c for c in clips if not infos[c.key]["failed"]]
     timings["faces"] = time.perf_counter() - t
 
@@ -242,11 +245,6 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     return summary
 
 
-def load_npz_info(path: Path) -> dict:
-    with np.load(path, allow_pickle=False) as z:
-        return json.loads(z["_info"].tobytes())
-
-
 def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, timings, made, packed) -> dict:
     from preprocess.schema import MANIFEST
 
@@ -257,10 +255,8 @@ def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, t
     failed = [(c.rel, next((r["reason"] for r in infos[c.key]["rejects"] if r["frame"] == -1), "?"))
               for c in clips if infos[c.key]["failed"]]
     swap_made = swap_skipped = 0
-    for c in usable:
-        if not plan.faceswap[c.key]:
-            continue
-        info = load_npz_info(caches["faceswap"].path(c.key, plan.faceswap[c.key]))
+    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable if plan.faceswap[c.key]})
+    for info in swap_infos.values():
         swap_made += info["made"]
         swap_skipped += len(info["donors"]) - info["made"]
     import pyarrow.parquet as pq
@@ -297,6 +293,6 @@ def print_summary(s: dict) -> None:
     print(f"composites    {s['composites']} made, {s['composites_skipped']} skipped")
     print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB)")
     w = s["work_done"]
-    print(f"this run      faces {w['faces']} clips, region {w['region']} frames, faceswap {w['faceswap']} "
+    print(f"this run      read {w['content_read']} changed files, faces {w['faces']} clips, region {w['region']} frames, faceswap {w['faceswap']} "
           f"clips, pack {'yes' if w['pack'] else 'no (up to date)'}")
     print("seconds       " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))

@@ -86,16 +86,35 @@ def test_no_pickle_in_shards(built):
 def test_rerun_with_nothing_changed_does_no_work(built, good_corpus):
     shards, _ = built
     before = {p: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    indexes = {p: p.stat().st_mtime_ns for p in (shards / ".cache").rglob("*.parquet")}
     summary = build(good_corpus, shards)
-    assert summary["work_done"] == {"faces": 0, "region": 0, "faceswap": 0, "pack": 0}
+    assert summary["work_done"] == {"content_read": 0, "faces": 0, "region": 0, "faceswap": 0, "pack": 0}
     assert before == {p: p.stat().st_mtime_ns for p in shards.glob("*.tar")}
+    assert indexes and indexes == {p: p.stat().st_mtime_ns for p in (shards / ".cache").rglob("*.parquet")}
+
+
+def test_reruns_read_a_file_only_when_its_stamp_changed(good_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(good_corpus, corpus)
+    shards = tmp_path / "s"
+    first = build(corpus, shards, "faceswap=false")
+    assert first["work_done"]["content_read"] == first["clips"]
+    clip = sorted(corpus.rglob("*.mp4"))[0]
+    os.utime(clip, ns=(time.time_ns(), time.time_ns()))  # touched: read again, same content, no work
+    touched = build(corpus, shards, "faceswap=false")
+    assert touched["work_done"] == {"content_read": 1, "faces": 0, "region": 0, "faceswap": 0, "pack": 0}
+    data = bytearray(clip.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # changed content: read and processed again
+    clip.write_bytes(bytes(data))
+    changed = build(corpus, shards, "faceswap=false")
+    assert changed["work_done"]["content_read"] == 1 and changed["work_done"]["faces"] == 1
 
 
 def test_faceswap_change_reruns_only_faceswap_and_pack(good_corpus, tmp_path):
     shards = tmp_path / "s"
     build(good_corpus, shards)
     summary = build(good_corpus, shards, "swap_seed=7")
-    assert summary["work_done"] == {"faces": 0, "region": 0, "faceswap": 4, "pack": 1}
+    assert summary["work_done"] == {"content_read": 0, "faces": 0, "region": 0, "faceswap": 4, "pack": 1}
     read_manifest(shards)
 
 
