@@ -1,11 +1,17 @@
 """The batch stage's bookkeeping at VoxCeleb scale, with simulated clips (`make bench-scale`).
 
-    python bench/bench_scale.py [--clips 5000 20000 153516] [--speakers 1251]
+    python bench/bench_scale.py --what donors [--clips 5000 20000 153516] [--speakers 1251]
+    python bench/bench_scale.py --what rerun [--clips 153516] [--work /tmp/scale]
 
-FaceSwap donor choice for every clip, as a rerun does it: the hash ring (this code) at each size, against the
-previous ranking of every other clip per clip (the baseline, timed at small sizes only: it grows with the
-square of the corpus); per clip in microseconds, and the share of clips whose donors change when 1% of clips
-are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each)."""
+donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring (this code) at each size,
+against the previous ranking of every other clip per clip (the baseline, timed at small sizes only: it grows
+with the square of the corpus); per clip in microseconds, and the share of clips whose donors change when 1% of
+clips are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
+
+rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
+region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
+hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
+changed, and a rerun after adding 1% of clips; each in its own process, wall time and peak RSS."""
 from __future__ import annotations
 
 import argparse
@@ -36,14 +42,100 @@ def corpus(n: int, speakers: int, offset: int = 0) -> list[tuple[str, str]]:
             for i in range(offset, offset + n)]
 
 
+def simulated_build(data: str, shards: str) -> None:
+    """One build with the per-clip work replaced by stand-ins (in this process: workers=0); prints a JSON line
+    with the summary's work and seconds and this process's peak RSS."""
+    import json
+    import resource
+
+    import numpy as np
+
+    from preprocess import pipeline
+    from preprocess.config import load_config
+    from preprocess.face_geometry import N_LANDMARKS
+    from preprocess.schema import encode_jpeg, join_jpegs
+    from preprocess.settings import ShardsConfig
+
+    jpeg = encode_jpeg(np.zeros((8, 8, 3), np.uint8), 90)
+
+    def faces(clip, cfg):
+        rng = np.random.default_rng(abs(hash(clip.key)) % (1 << 32))
+        n = 2
+        arrays = {"time": np.arange(n) * 0.24, "source_frame": np.arange(n, dtype=np.int32) * 6,
+                  "n_faces": np.ones(n, np.int8),
+                  "landmarks": rng.uniform(20, 100, (n, N_LANDMARKS, 2)).astype(np.float16),
+                  "boxes": np.zeros((n, 2, 4), np.float16)}
+        for name in ("faces", "eyes", "mouth"):
+            arrays[f"{name}_blob"], arrays[f"{name}_idx"] = join_jpegs([jpeg] * n)
+        return arrays, {"sampled": n, "kept": n, "drops": {}, "rejects": [], "failed": False, "seconds": 0.0}
+
+    def swaps(key, arrays, donors, cfg):
+        n = len(arrays["time"])
+        blob, idx = join_jpegs([b""] * n)
+        return ({"swaps_blob": blob, "swaps_idx": idx, "misfit": np.full(n, np.nan, np.float32)},
+                {"donors": [""] * n, "made": 0, "rejects": []})
+
+    pipeline.run_faces, pipeline.make_swaps = faces, swaps
+    cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks"])
+    t = time.perf_counter()
+    summary = pipeline.build(data, shards, cfg)
+    print(json.dumps({"seconds": time.perf_counter() - t, "work": summary["work_done"],
+                      "steps": summary["seconds"], "clips": summary["clips"],
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def make_tree(root: Path, clips: list[tuple[str, str]]) -> None:
+    for key, speaker in clips:
+        path = root / speaker / key.split("-")[1] / f"{key.split('-')[-1]}.mp4"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(key.encode())
+
+
+def bench_rerun(n: int, speakers: int, work: Path) -> None:
+    import json
+    import shutil
+    import subprocess
+
+    shutil.rmtree(work, ignore_errors=True)
+    data, shards = work / "corpus", work / "shards"
+    t = time.perf_counter()
+    make_tree(data, corpus(n, speakers))
+    print(f"<!-- made {n:,} files in {time.perf_counter() - t:.0f} s -->", flush=True)
+    print("| run | clips | wall (s) | peak RSS (GB) | work done | slowest steps (s) |")
+    print("|---|---:|---:|---:|---|---|")
+    for label in ("first build", "rerun, nothing changed", "rerun, 1% of clips added"):
+        if label.startswith("rerun, 1%"):
+            make_tree(data, corpus(max(1, n // 100), speakers, offset=n))
+        out = subprocess.run([sys.executable, __file__, "--child", str(data), str(shards)], capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            raise SystemExit(out.stderr[-3000:])
+        r = json.loads(out.stdout.strip().splitlines()[-1])
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["steps"].items(), key=lambda kv: -kv[1])[:4])
+        work_done = ", ".join(f"{k} {v}" for k, v in r["work"].items())
+        print(f"| {label} | {r['clips']:,} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {work_done} | {steps} |",
+              flush=True)
+
+
 def main() -> None:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        simulated_build(sys.argv[2], sys.argv[3])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--clips", type=int, nargs="+", default=[5000, 20000, 153516], help="corpus sizes")
+    ap.add_argument("--what", choices=["donors", "rerun"], default="donors", help="what to measure")
+    ap.add_argument("--work", default="/tmp/bench-scale", help="rerun: where the simulated corpus and shards go")
+    ap.add_argument("--clips", type=int, nargs="+", default=None,
+                    help="corpus sizes (donors: 5000 20000 153516; rerun: 153516)")
     ap.add_argument("--speakers", type=int, default=1251, help="speakers (VoxCeleb1: 1,251)")
     ap.add_argument("--baseline-clips", type=int, nargs="+", default=[1000, 2000],
                     help="sizes at which to time the previous quadratic choice")
     ap.add_argument("--k", type=int, default=5, help="donors per clip (swap_tries)")
     a = ap.parse_args()
+    if a.what == "rerun":
+        for n in a.clips or [153516]:
+            bench_rerun(n, a.speakers, Path(a.work))
+        return
+    a.clips = a.clips or [5000, 20000, 153516]
     print("| donor choice | clips | seconds | µs per clip | clips whose donors change when 1% are added |")
     print("|---|---:|---:|---:|---:|")
     for label, fn, sizes in (("previous: rank every other clip (baseline)", previous_choice, a.baseline_clips),

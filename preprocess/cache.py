@@ -164,16 +164,30 @@ class NpyArray:
             os.close(self.fd)
             self.fd = None
 
+    def __getstate__(self):  # a file descriptor means nothing in another process: reopened there by path
+        return {k: v for k, v in self.__dict__.items() if k != "fd"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.fd = os.open(self.path, os.O_RDONLY)
+
     def __getitem__(self, idx) -> np.ndarray:
         if isinstance(idx, (int, np.integer)):
             return self[np.array([idx])][0]
+        if isinstance(idx, tuple):
+            raise IndexError(f"{self.path.name}: index rows only (one int, slice, mask or index array)")
         if isinstance(idx, slice):
-            rows = np.arange(len(self))[idx]
+            rows, shape = np.arange(len(self))[idx], None
         else:
             idx = np.asarray(idx)
-            if idx.dtype == bool and idx.shape != (len(self),):
-                raise IndexError(f"{self.path.name}: a mask of {idx.shape} for {len(self)} rows")
-            rows = np.flatnonzero(idx) if idx.dtype == bool else idx.astype(np.int64).reshape(-1)
+            if idx.dtype == bool:
+                if idx.shape != (len(self),):
+                    raise IndexError(f"{self.path.name}: a mask of {idx.shape} for {len(self)} rows")
+                idx = np.flatnonzero(idx)
+            elif idx.dtype.kind not in "iu" and idx.size:
+                raise IndexError(f"{self.path.name}: rows are indexed by integers, a slice or a mask, "
+                                 f"not {idx.dtype}")
+            rows, shape = idx.astype(np.int64).reshape(-1), idx.shape
         if len(rows) and (rows.min() < -len(self) or rows.max() >= len(self)):
             raise IndexError(f"{self.path.name}: row out of range for {len(self)} rows")
         rows = np.where(rows < 0, rows + len(self), rows)
@@ -182,18 +196,22 @@ class NpyArray:
         ordered = rows[order]
         starts = np.flatnonzero(np.diff(ordered, prepend=-2) != 1)  # runs of consecutive rows, one read each
         ends = np.append(starts[1:], len(ordered))
-        buf = out.reshape(len(rows), -1).view(np.uint8) if len(rows) else None
+        flat = out.reshape(len(rows), -1).view(np.uint8) if len(rows) else None
         for a, b in zip(starts, ends):
             first, n = int(ordered[a]), int(b - a)
-            data = os.pread(self.fd, n * self.row_bytes, self.offset + first * self.row_bytes)
-            if len(data) != n * self.row_bytes:
+            in_place = np.array_equal(order[a:b], np.arange(a, b))
+            target = flat[a:b] if in_place else np.empty((n, self.row_bytes), np.uint8)
+            self._read_into(memoryview(target).cast("B"), self.offset + first * self.row_bytes)
+            if not in_place:
+                flat[order[a:b]] = target
+        return out if shape is None else out.reshape(shape + self.row_shape)
+
+    def _read_into(self, buf: memoryview, pos: int) -> None:
+        while len(buf):  # one call reads at most ~2 GiB on Linux
+            n = os.preadv(self.fd, [buf[:1 << 30]], pos)
+            if n == 0:
                 raise OSError(f"{self.path}: short read (truncated file?)")
-            block = np.frombuffer(data, np.uint8).reshape(n, -1)
-            if np.array_equal(order[a:b], np.arange(a, b)):
-                buf[a:b] = block
-            else:
-                buf[order[a:b]] = block
-        return out
+            buf, pos = buf[n:], pos + n
 
     def __array__(self, dtype=None, copy=None):
         a = self[:]

@@ -68,13 +68,15 @@ def printable(text: str) -> str:
 
 
 def walk_files(root: Path, rejects: list) -> list[Path]:
-    """Every file under root, following folder links but reporting (not following) a link that loops back."""
+    """Every file under root, following folder links but reporting (not following) one that leads to a folder
+    already scanned (a loop, or the same clips twice)."""
     files, seen = [], set()
     for folder, dirs, names in os.walk(root, followlinks=True):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
-            rejects.append(_reject(printable(os.path.relpath(folder, root)), "folder link loops back to a folder "
-                                                                             "already scanned (not followed)"))
+            rejects.append(_reject(printable(os.path.relpath(folder, root)),
+                                   "folder link to a folder already scanned (a loop, or a second path to the "
+                                   "same clips): not followed"))
             dirs[:] = []
             continue
         seen.add((st.st_dev, st.st_ino))

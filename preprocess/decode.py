@@ -70,12 +70,19 @@ def probe(path: Path) -> dict:
 
 
 def _stream_length(stream: dict) -> float:
-    for key in ("duration", "nb_frames"):
-        try:
-            return float(stream.get(key) or (stream.get("tags") or {}).get("DURATION", "x"))
-        except ValueError:
-            continue
-    return 0.0
+    """Seconds: the stream's duration, else its DURATION tag (HH:MM:SS.fff, MKV), else frames / rate."""
+    try:
+        return float(stream["duration"])
+    except (KeyError, ValueError, TypeError):
+        pass
+    tag = str((stream.get("tags") or {}).get("DURATION", ""))
+    m = re.fullmatch(r"(\d+):(\d+):([\d.]+)", tag)
+    if m:
+        return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+    try:
+        return float(stream.get("nb_frames") or 0) / frame_rate(stream)
+    except ValueError:
+        return 0.0
 
 
 def frame_rate(stream: dict) -> float:
@@ -158,20 +165,24 @@ def _read_video(path: Path, sample_fps: float, max_side: int, report: DecodeRepo
 
     reader = threading.Thread(target=read_stderr, daemon=True)
     reader.start()
-    count, last, untimed = 0, None, 0
+    count, last, untimed, last_cell = 0, None, 0, None
     try:
         while True:
             info = infos.get()
             if info is None:
                 break
             pts, w, h = info
-            if math.isnan(pts):
-                pts = start if last is None else last + 1 / sample_fps
+            if math.isnan(pts):  # ffmpeg's select keeps every such frame: placed one source frame on, kept by grid
+                pts = start if last is None else last + 1 / rate
                 untimed += 1
             last = pts
             data = proc.stdout.read(w * h * 3)
             if len(data) < w * h * 3:
                 break
+            cell = math.floor(pts * sample_fps + 1e-9)
+            if last_cell is not None and cell <= last_cell:
+                continue
+            last_cell = cell
             count += 1
             yield Frame(pts, int(round((pts - start) * rate)), np.frombuffer(data, np.uint8).reshape(h, w, 3))
     finally:
@@ -184,8 +195,8 @@ def _read_video(path: Path, sample_fps: float, max_side: int, report: DecodeRepo
         report.warning = f"decoding stopped or skipped data ({errors[-1] if errors else f'ffmpeg exit {code}'}); " \
                          f"the {count} frames decoded were kept"
     elif untimed:
-        report.warning = f"{untimed} of {count} frames had no timestamp (NOPTS): placed {1 / sample_fps:.3g} s " \
-                         "after the previous one"
+        report.warning = f"{untimed} decoded frames had no timestamp (NOPTS): each placed one source frame " \
+                         f"({1 / rate:.3g} s) after the previous one"
 
 
 def _float_or_nan(text: str) -> float:

@@ -28,7 +28,7 @@ def choose_donor_clips(clips: list[tuple[str, str]], seed: int, k: int) -> dict[
     changes the donors of the few clips whose walk passes it (~k / N of them)."""
     ring = sorted((_score(seed, "ring", key), key, speaker) for key, speaker in clips)
     points = [r[0] for r in ring]
-    if len({speaker for _, speaker in clips}) < 2:
+    if k <= 0 or len({speaker for _, speaker in clips}) < 2:
         return {key: [] for key, _ in clips}
     donors: dict[str, list[str]] = {}
     for key, speaker in clips:

@@ -53,7 +53,21 @@ def _describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
-def _worker(fn, conn, log_dir) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Linux: the kernel kills this worker when the parent dies (even by SIGKILL), so no job outlives a run."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # the parent died before the line above
+        os._exit(1)
+
+
+def _worker(fn, conn, log_dir, parent) -> None:
+    os.setsid()  # its own process group: stopping the worker stops the ffmpeg it started too
+    _die_with_parent(parent)
     if log_dir:  # native libraries' log lines (mediapipe's, ffmpeg's) go to a file, not over the progress bars
         os.makedirs(log_dir, exist_ok=True)
         fd = os.open(os.path.join(log_dir, f"worker-{os.getpid()}.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -81,7 +95,7 @@ class _Slot:
         saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
         os.environ.update(SINGLE_THREAD_ENV)  # inherited by the spawned worker before it imports anything
         try:
-            self.proc = ctx.Process(target=_worker, args=(fn, child, log_dir), daemon=True)
+            self.proc = ctx.Process(target=_worker, args=(fn, child, log_dir, os.getpid()), daemon=True)
             self.proc.start()
         finally:
             for k, v in saved.items():
@@ -93,13 +107,25 @@ class _Slot:
         self.job: int | None = None
         self.started = 0.0
 
-    def give(self, i: int, job) -> None:
+    def give(self, i: int, job) -> bool:
+        """False when the worker died while idle (the job was not handed over)."""
         self.job, self.started = i, time.monotonic()
-        self.conn.send((i, job))
+        try:
+            self.conn.send((i, job))
+            return True
+        except (BrokenPipeError, OSError):
+            self.job = None
+            return False
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and whatever it started
+        except (ProcessLookupError, PermissionError):
+            if self.proc.is_alive():
+                self.proc.kill()
 
     def stop(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
+        self.kill()
         self.proc.join(5)
         self.conn.close()
 
@@ -118,31 +144,41 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
     ctx = mp.get_context("spawn")
     pending = deque(range(len(jobs)))
     slots = [_Slot(ctx, fn, log_dir) for _ in range(min(workers, len(jobs)))]
+    handover_failures = 0
     try:
         while pending or any(s.job is not None for s in slots):
-            for s in slots:
-                if s.job is None and pending:
+            for k, s in enumerate(slots):
+                while slots[k].job is None and pending:
                     i = pending.popleft()
-                    s.give(i, jobs[i])
+                    if slots[k].give(i, jobs[i]):
+                        handover_failures = 0
+                        continue
+                    slots[k].stop()  # died while idle: a new worker, and the job goes back in line
+                    slots[k] = _Slot(ctx, fn, log_dir)
+                    handover_failures += 1
+                    if handover_failures > 3:
+                        raise RuntimeError("worker processes die before taking a job: see the log folder")
+                    pending.appendleft(i)
             busy = [s for s in slots if s.job is not None]
             limit = None
             if timeout_s > 0:
                 limit = max(0.0, min(s.started + timeout_s for s in busy) - time.monotonic())
             ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], timeout=limit)
+            finished = []  # yielded after the scan: time the caller holds a result never counts against a job
             for k, s in enumerate(slots):
                 if s.job is None:
                     continue
                 failure = None
-                if s.conn in ready:
+                if s.conn in ready or s.conn.poll():
                     try:
                         i, ok, value = s.conn.recv()
                     except (EOFError, OSError):
                         failure = f"worker process died ({_describe_exit(_exit_code(s))})"
                     else:
                         s.job = None
-                        yield jobs[i], (value if ok else Failure(value))
+                        finished.append((jobs[i], value if ok else Failure(value)))
                         continue
-                elif s.proc.sentinel in ready:
+                elif s.proc.sentinel in ready or not s.proc.is_alive():
                     failure = f"worker process died ({_describe_exit(_exit_code(s))})"
                 elif timeout_s > 0 and time.monotonic() - s.started >= timeout_s:
                     failure = f"timed out after {timeout_s:g} s"
@@ -150,16 +186,18 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
                     i = s.job
                     s.stop()
                     slots[k] = _Slot(ctx, fn, log_dir)
-                    yield jobs[i], Failure(failure)
+                    finished.append((jobs[i], Failure(failure)))
+            yield from finished
     finally:
         for s in slots:
-            if s.proc.is_alive():
-                try:
-                    s.conn.send(None)
-                except (BrokenPipeError, OSError):
-                    pass
+            try:
+                s.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.monotonic() + 2
         for s in slots:
-            s.proc.join(2)
+            s.proc.join(max(0.0, deadline - time.monotonic()))
+        for s in slots:
             s.stop()
 
 

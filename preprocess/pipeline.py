@@ -216,8 +216,10 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         by_key = {c.key: c for c in usable}
         for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
                                cache_root / "logs"):
-            if isinstance(r, Failure):  # the clip sits out this run; tried again next time
-                infos[job[0]] = failed_info(by_key[job[0]], "faceswap", r.reason)
+            if isinstance(r, Failure):  # the clip sits out this run (its faces info kept); tried again next time
+                failed = failed_info(by_key[job[0]], "faceswap", r.reason)
+                infos[job[0]] = {**infos[job[0]], "failed": True,
+                                 "rejects": infos[job[0]]["rejects"] + failed["rejects"]}
             else:
                 made += r["made"]
         usable = [c for c in usable if not infos[c.key]["failed"]]

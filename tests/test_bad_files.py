@@ -15,7 +15,18 @@ from tests.conftest import build
 
 
 def _job(x):
-    """A job for run_jobs: 'kill' dies by SIGKILL (as the OOM killer does), 'sleep' hangs, 'raise' raises."""
+    """A job for run_jobs: 'kill' dies by SIGKILL (as the OOM killer does), 'sleep' hangs, 'raise' raises,
+    'exit_soon' returns and then its worker dies while idle, ('child', file) starts a process and hangs."""
+    if isinstance(x, tuple):
+        child = subprocess.Popen(["sleep", "120"])
+        with open(x[1], "w") as f:
+            f.write(str(child.pid))
+        time.sleep(120)
+    if x == "exit_soon":
+        import threading
+
+        threading.Timer(0.1, os._exit, [0]).start()
+        return "ok"
     if x == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if x == "sleep":
@@ -34,6 +45,32 @@ def test_a_killed_hung_or_failing_job_is_a_failure_and_the_others_finish():
     assert isinstance(results["kill"], Failure) and "killed by SIGKILL" in results["kill"].reason
     assert isinstance(results["sleep"], Failure) and "timed out after 8 s" in results["sleep"].reason
     assert isinstance(results["raise"], Failure) and results["raise"].reason == "ValueError: bad clip"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_timed_out_job_takes_what_it_started_with_it(tmp_path):
+    (result,) = run_jobs(_job, [("child", str(tmp_path / "pid"))], workers=1, timeout_s=3)
+    assert isinstance(result[1], Failure) and "timed out" in result[1].reason
+    pid = int((tmp_path / "pid").read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(pid)
+
+
+def test_a_worker_that_dies_while_idle_is_replaced_and_loses_no_job():
+    results = []
+    for job, r in run_jobs(_job, ["exit_soon", 1, 2], workers=1, timeout_s=30):
+        results.append((job, r))
+        time.sleep(0.5)  # a slow consumer: the idle worker is dead before it gets the next job
+    assert sorted(map(str, results)) == sorted(map(str, [("exit_soon", "ok"), (1, 2), (2, 4)]))
 
 
 def test_in_process_jobs_turn_exceptions_into_failures():
@@ -81,7 +118,7 @@ def test_odd_files_are_kept_or_rejected_with_reasons(odd_corpus, tmp_path):
     reasons = {r["source"]: r["reason"] for r in rejects}
     assert "only an attached picture" in reasons["id2/v/podcast.mp4"]
     assert any(s.endswith("folder.mp4") and "folder named like a video" in r for s, r in reasons.items())
-    assert any(s.endswith("loop") and "loops back" in r for s, r in reasons.items())
+    assert any(s.endswith("loop") and "already scanned" in r for s, r in reasons.items())
     sources = set(pq.read_table(shards / "manifest.parquet", columns=["source"]).column("source").to_pylist())
     assert {"id1/v/good.mp4", "id3/v/cover_first.mp4", "id4/v/caf\\xe9.mp4"} <= sources
 
@@ -124,15 +161,16 @@ class _FakeFfmpeg:
 def test_frames_without_timestamps_are_placed_not_waited_for(monkeypatch):
     from preprocess import decode
 
-    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(3)]
-    lines = [f"[Parsed_showinfo_2 @ 0x1] n:   {i} pts:  {p} pts_time:{t} duration: 1 s:6x4 fmt:rgb24"
-             for i, (p, t) in enumerate([("0", "0"), ("NOPTS", "NOPTS"), ("NOPTS", "NOPTS")])]
+    frames = [np.full((4, 6, 3), i, np.uint8) for i in range(14)]
+    lines = [f"[Parsed_showinfo_2 @ 0x1] n:   {i} pts:  {p} pts_time:{p} duration: 1 s:6x4 fmt:rgb24"
+             for i, p in enumerate(["0"] + ["NOPTS"] * 13)]
     monkeypatch.setattr(decode, "ffmpeg", _FakeFfmpeg(frames, lines))
     monkeypatch.setattr(decode, "probe", lambda path: {"index": 0, "avg_frame_rate": "25/1"})
     report = decode.DecodeReport()
-    got = list(decode.read_video("x.mp4", 4.0, 640, report))
-    assert [f.timestamp for f in got] == [0.0, 0.25, 0.5]
-    assert "2 of 3 frames had no timestamp" in report.warning
+    got = list(decode.read_video("x.mp4", 4.0, 640, report))  # 25 fps source, sampled at 4 fps
+    assert [f.timestamp for f in got] == pytest.approx([0.0, 0.28, 0.52])
+    assert [f.source_frame for f in got] == [0, 7, 13] and [int(f.rgb[0, 0, 0]) for f in got] == [0, 7, 13]
+    assert "13 decoded frames had no timestamp" in report.warning
 
 
 def test_a_clip_whose_job_fails_is_rejected_and_the_build_goes_on(good_corpus, tmp_path, monkeypatch):

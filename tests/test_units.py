@@ -125,8 +125,12 @@ def test_npy_array_reads_and_writes_like_numpy(tmp_path):
         assert np.array_equal(a[key], expected[key]), key
     assert np.array_equal(np.asarray(a, np.float32), expected.astype(np.float32))
     assert len(a) == 50 and a.shape == expected.shape and a.dtype == np.uint8
-    for bad in (np.array([50]), np.array([-51]), np.ones(49, bool)):
+    assert a[np.array([[1, 2], [3, 4]])].shape == (2, 2, 4, 3)  # an index array's shape is kept
+    for bad in (np.array([50]), np.array([-51]), np.ones(49, bool), np.array([1.0]), (3, 5)):
         with pytest.raises(IndexError):
             a[bad]
+    import pickle
+
+    assert np.array_equal(pickle.loads(pickle.dumps(a))[[1, 2]], expected[[1, 2]])  # reopened by path
     with pytest.raises(ValueError):
         NpyArray(tmp_path / "a.npy", writable=True).write(45, expected[:10])
