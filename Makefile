@@ -19,7 +19,7 @@ RUNS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
 	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge pretrain table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge shards-slurm pretrain table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
 	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
+	@echo "make shards-slurm DATA=<corpus> SHARDS=<dir> PARTS=<n>  a SLURM job array of n parts, then the merge"
 	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
@@ -65,6 +66,12 @@ shards: setup
 
 shards-merge: setup
 	$(PY) -m preprocess merge "$(SHARDS)"
+
+shards-slurm: setup
+	@if [ -z "$(DATA)" ] || [ -z "$(PARTS)" ]; then echo "usage: make shards-slurm DATA=<corpus> SHARDS=<out> PARTS=<n> [ARGS=...]"; exit 2; fi
+	@jid=$$(sbatch --parsable --array=0-$$(($(PARTS)-1)) --export=ALL,DATA="$(DATA)",SHARDS="$(SHARDS)",N=$(PARTS),ARGS="$(ARGS)" configs/slurm/shards.sbatch) && \
+	  echo "array job $$jid: $(PARTS) parts" && \
+	  sbatch --dependency=afterok:$$jid --export=ALL,SHARDS="$(SHARDS)" configs/slurm/shards-merge.sbatch
 
 pretrain: setup
 	$(PY) -m train "$(SHARDS)" "$(RUN)" --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)

@@ -29,22 +29,52 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def weights_url() -> str:
+    import torchvision
+
+    return torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+
+
 def resnet18_weights(weights: str = "") -> Path | None:
     """The ImageNet ResNet18 weights file to load (None for 'random'); WeightsMissing when absent.
-    weights: '' = torchvision's cache (never downloads), a file path, or 'random' (tests only)."""
+    weights: '' = torchvision's cache, downloaded there (hash-checked) when missing; a file path; or 'random'
+    (tests only)."""
     import torch
-    import torchvision
 
     if weights == "random":
         return None
-    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    url = weights_url()
     path = Path(weights) if weights else Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file() and not weights:
+        _download(url, path)
     if not path.is_file():
         raise WeightsMissing(
             f"ImageNet ResNet18 weights not found at {path}. Download {url} on a machine with internet "
             f"and put it there (or pass region_weights=<file>), or use region_descriptor=landmarks, "
             f"which needs no weights.")
     return path
+
+
+def _download(url: str, path: Path, timeout_s: float = 30.0) -> None:
+    """Fetch torchvision's weights into its cache, checking the SHA-256 prefix in the file name; on failure
+    (offline, a proxy) the caller's message says where to put the file by hand."""
+    import re
+    import socket
+
+    import torch
+
+    prefix = re.search(r"-([0-9a-f]{8,})\.", path.name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    saved = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout_s)  # an unreachable host fails in seconds, not minutes
+    try:
+        print(f"downloading the ImageNet ResNet18 weights from {url} ...")
+        torch.hub.download_url_to_file(url, str(path), prefix.group(1) if prefix else None, progress=True)
+    except Exception as e:  # noqa: BLE001 - URLError, timeouts, a hash mismatch: all mean "not here"
+        print(f"download failed ({type(e).__name__}: {e})")
+        Path(path).unlink(missing_ok=True)
+    finally:
+        socket.setdefaulttimeout(saved)
 
 
 def imagenet_resnet18(weights: str = ""):

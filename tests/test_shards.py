@@ -182,15 +182,44 @@ def test_landmark_descriptor_needs_no_weights(good_corpus, tmp_path):
 
 
 def test_missing_imagenet_weights_say_how_to_get_them(tmp_path, monkeypatch):
+    from preprocess import regions
     from preprocess.regions import WeightsMissing, imagenet_resnet18
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(WeightsMissing, match="Download https://download.pytorch.org/models/resnet18"):
+    url = "file://" + str(tmp_path / "nowhere" / "resnet18-f37072fd.pth")  # a download that fails at once
+    monkeypatch.setattr(regions, "weights_url", lambda: url)
+    with pytest.raises(WeightsMissing, match="Download file://.*resnet18-f37072fd.pth on a machine"):
         imagenet_resnet18("")
     bad = tmp_path / "w.pth"
     bad.write_text("junk")
     with pytest.raises(WeightsMissing, match="not a ResNet18 state dict"):
         imagenet_resnet18(str(bad))
+
+
+def test_missing_imagenet_weights_are_downloaded_and_hash_checked(tmp_path, monkeypatch):
+    import hashlib
+
+    import torch
+    import torchvision
+
+    from preprocess import regions
+
+    source = tmp_path / "server" / "w.pth"
+    source.parent.mkdir()
+    torch.save(torchvision.models.resnet18().state_dict(), source)
+    sha = hashlib.sha256(source.read_bytes()).hexdigest()
+    served = source.rename(source.with_name(f"resnet18-{sha[:8]}.pth"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(regions, "weights_url", lambda: "file://" + str(served))
+    path = regions.resnet18_weights("")
+    assert path == tmp_path / "home" / "hub" / "checkpoints" / served.name and path.read_bytes() == served.read_bytes()
+    assert regions.imagenet_resnet18("")(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+    wrong = served.with_name("resnet18-00000000.pth")  # a file whose hash does not match its name
+    served.rename(wrong)
+    monkeypatch.setattr(regions, "weights_url", lambda: "file://" + str(wrong))
+    with pytest.raises(regions.WeightsMissing):
+        regions.resnet18_weights("")
+    assert not (tmp_path / "home" / "hub" / "checkpoints" / wrong.name).exists()
 
 
 def test_imagenet_weights_load_from_a_file(tmp_path):
@@ -300,3 +329,23 @@ def test_merge_validates_parts_and_handles_empty_ones(good_corpus, tmp_path):
     build(corpus, shards, "part=1/6", "faceswap=false", "sample_fps=2", workers=0)  # one part, other options
     with pytest.raises(ValueError, match="different options .*sample_fps"):
         merge_parts(shards)
+
+
+def test_slurm_array_scripts_run_parts_concurrently_then_merge(good_corpus, tmp_path, built):
+    """The job-array script run as SLURM would (3 tasks at once on one SHARDS, then the merge script)."""
+    reference, _ = built
+    shards = tmp_path / "s"
+    env = {**os.environ, "DATA": str(good_corpus), "SHARDS": str(shards), "N": "3", "PYTHON": sys.executable,
+           "SLURM_SUBMIT_DIR": str(ROOT), "ARGS": "region_weights=random workers=1 faceswap=false"}
+    tasks = [subprocess.Popen(["bash", str(ROOT / "configs" / "slurm" / "shards.sbatch")], cwd=tmp_path,
+                              env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE) for i in range(3)]
+    for t in tasks:
+        assert t.wait(timeout=600) == 0, t.stderr.read()[-2000:]
+    merged = subprocess.run(["bash", str(ROOT / "configs" / "slurm" / "shards-merge.sbatch")], cwd=tmp_path,
+                            env=env, capture_output=True, text=True)
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    rows = read_manifest(shards).to_pylist()
+    ref = read_manifest(reference).to_pylist()
+    assert sorted((r["key"], r["frame"]) for r in rows) == sorted((r["key"], r["frame"]) for r in ref)
+    assert sum(len(s) for s in read_samples(shards)) == len(rows)
