@@ -286,9 +286,20 @@ class StepCache:
 
     def save(self, key: str, h: str, arrays: dict, info: dict) -> None:
         save_npz(self.path(key, h), arrays, info)
-        for old in self.dir.glob(f"{key}-*.npz"):  # older versions of this clip's output
-            if old.name != f"{key}-{h}.npz" and old.stem.rsplit("-", 1)[0] == key:
-                old.unlink(missing_ok=True)
+
+    def prune(self, current: dict[str, str]) -> int:
+        """Delete older versions of these clips' outputs (key -> current hash); one pass over the folder, so
+        that saving stays O(1) per clip. Other clips' files (another part's) are left alone."""
+        removed = 0
+        with os.scandir(self.dir) as entries:
+            for e in entries:
+                if not e.name.endswith(".npz"):
+                    continue
+                key, _, h = e.name[:-4].rpartition("-")
+                if key in current and current[key] != h:
+                    Path(e.path).unlink(missing_ok=True)
+                    removed += 1
+        return removed
 
     def load(self, key: str, h: str) -> tuple[dict, dict]:
         return load_npz(self.path(key, h))

@@ -188,6 +188,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
                                        cache_root / "logs")
                if isinstance(r, Failure)}
     work["faces"] = len(todo)
+    if todo:
+        caches["faces"].prune(plan.faces)
     infos = {**caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed}),
              **crashed}
     usable = [c for c in clips if not infos[c.key]["failed"]]
@@ -199,6 +201,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         plan.region[c.key] = digest("region", STEP_VERSIONS["region"], plan.faces[c.key], opts["region"])
     todo = [c for c in usable if not caches["region"].has(c.key, plan.region[c.key])]
     work["region"] = embed_regions(todo, plan, cfg, caches) if todo else 0
+    if todo:
+        caches["region"].prune(plan.region)
     timings["region"] = time.perf_counter() - t
 
     # faceswap: composites with donors of other speakers
@@ -224,6 +228,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
                 made += r["made"]
         usable = [c for c in usable if not infos[c.key]["failed"]]
         work["faceswap"] = len(todo)
+        if todo:
+            caches["faceswap"].prune(plan.faceswap)
     else:
         plan.faceswap = {c.key: "" for c in usable}  # no composites: every frame's swap is empty
         work["faceswap"] = 0

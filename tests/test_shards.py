@@ -115,6 +115,7 @@ def test_faceswap_change_reruns_only_faceswap_and_pack(good_corpus, tmp_path):
     build(good_corpus, shards)
     summary = build(good_corpus, shards, "swap_seed=7")
     assert summary["work_done"] == {"content_read": 0, "faces": 0, "region": 0, "faceswap": 4, "pack": 1}
+    assert len(list((shards / ".cache" / "faceswap").glob("*.npz"))) == 4  # the older versions were deleted
     read_manifest(shards)
 
 
