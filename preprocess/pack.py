@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from preprocess.cache import atomic_write_bytes
+from preprocess.cache import atomic_write_bytes, digest
 from preprocess.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION, SHARD_NAME,
                                ClipSample, arrow_schema, join_jpegs)
 
@@ -40,12 +40,12 @@ def write_parquet(path: Path, rows: list[dict], columns: dict, metadata: dict | 
 
 
 class ShardWriter:
-    """Sequential shards of at most max_bytes, each renamed into place when closed."""
+    """Sequential shards of at most max_bytes, numbered from `first`, each renamed into place when closed."""
 
-    def __init__(self, out: Path, max_bytes: float):
+    def __init__(self, out: Path, max_bytes: float, first: int = 0):
         self.out, self.max_bytes = out, max_bytes
-        self.index, self.size, self.file, self.tar = -1, 0, None, None
-        self.total = 0
+        self.index, self.size, self.file, self.tar = first - 1, 0, None, None
+        self.total, self.written = 0, []
 
     @property
     def name(self) -> str:
@@ -63,6 +63,7 @@ class ShardWriter:
             self.file.close()
             (self.out / f".{self.name}.tmp").replace(self.out / self.name)
             self.total += (self.out / self.name).stat().st_size
+            self.written.append(self.name)
             self.tar = None
 
     def write(self, sample: dict) -> str:
@@ -82,19 +83,59 @@ def clip_sample(clip, faces: dict, region: dict, region_info: dict, swaps: dict,
                       landmarks=faces["landmarks"], boxes=faces["boxes"], region=region["region"], jpegs=jpegs)
 
 
+def sample_hashes(clips, plan) -> dict[str, str]:
+    return {c.key: digest(plan.faces[c.key], plan.region[c.key], plan.faceswap[c.key]) for c in clips}
+
+
+def _previous(out: Path, pack_options: str):
+    """The current manifest when an incremental repack can build on it (same pack options, this schema, every
+    shard present), else None."""
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        schema = pq.read_schema(path)
+        meta = schema.metadata or {}
+        if meta.get(b"pack_options", b"").decode() != pack_options or "sample_hash" not in schema.names or \
+                int(meta.get(b"schema_version", b"-1")) != SCHEMA_VERSION:
+            return None
+        table = pq.read_table(path)
+    except Exception:  # noqa: BLE001 - a damaged manifest: pack everything again
+        return None
+    if not all((out / s).is_file() for s in set(table.column("shard").to_pylist())):
+        return None
+    return table
+
+
 def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: list, infos: dict) -> dict:
+    """Write the shards, the manifest and the rejects table. Incremental: the shards of the previous packing
+    whose clips are all unchanged are kept as they are; clips that are new or changed, and the unchanged clips
+    that shared a shard with a changed or removed one, are written to new shards; then the manifest is
+    replaced (atomically) and the shards it no longer names are deleted."""
     from tqdm import tqdm
 
-    (out / MANIFEST).unlink(missing_ok=True)
+    pack_options = digest(cfg.shard_max_mb, cfg.pack_seed)
     for tmp in out.glob(".shard-*.tmp"):
         tmp.unlink()
-    order = sorted(clips, key=lambda c: hashlib.sha1(f"{cfg.pack_seed}|{c.key}".encode()).hexdigest())
-    writer = ShardWriter(out, cfg.shard_max_mb * 1e6)
-    rows, rejects = [], list(discover_rejects)
-    rels = {c.key: c.rel for c in clips}
-    for c in plan.clips:
-        rejects.extend(infos[c.key]["rejects"])
-    region_dim, region_descriptor = 0, ""
+    want = sample_hashes(clips, plan)
+    previous = _previous(out, pack_options)
+    if previous is None:  # everything is packed again: no manifest until the new one is whole
+        (out / MANIFEST).unlink(missing_ok=True)
+    kept = pa.table({}) if previous is None else previous
+    dirty: set[str] = set()
+    if previous is not None:
+        old = previous.select(["key", "sample_hash", "shard"]).to_pydict()
+        dirty = {shard for key, h, shard in zip(old["key"], old["sample_hash"], old["shard"]) if want.get(key) != h}
+        keep_mask = pa.array([s not in dirty for s in old["shard"]], pa.bool_())
+        kept = previous.filter(keep_mask)
+        done = set(kept.column("key").to_pylist())
+        existing = [int(name.split("-")[1].split(".")[0]) for name in set(old["shard"])]
+    else:
+        done, existing = set(), []
+    todo = [c for c in clips if c.key not in done]
+    order = sorted(todo, key=lambda c: hashlib.sha1(f"{cfg.pack_seed}|{c.key}".encode()).hexdigest())
+    writer = ShardWriter(out, cfg.shard_max_mb * 1e6, first=max(existing, default=-1) + 1)
+    rows = []
     for clip in tqdm(order, desc="pack", unit="clip", dynamic_ncols=True):
         faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
         region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
@@ -105,9 +146,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
             blob, idx = join_jpegs([b""] * n)
             swaps = {"swaps_blob": blob, "swaps_idx": idx}
             swap_info = {"donors": [""] * n, "rejects": []}
-        rejects.extend({**r, "source": rels[clip.key]} for r in swap_info["rejects"])
         sample = clip_sample(clip, faces, region, region_info, swaps, swap_info)
-        region_dim, region_descriptor = int(sample.region.shape[1]), region_info["descriptor"]
         shard = writer.write(sample.to_wds())
         has_swap = sample.has_swap()
         for i in range(len(sample)):
@@ -115,18 +154,46 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
                          "source": clip.rel, "frame": i, "source_frame": int(sample.source_frame[i]),
                          "timestamp": float(sample.time[i]), "shard": shard,
                          "n_faces": int(faces["n_faces"][i]), "has_region": True,
-                         "has_swap": bool(has_swap[i]), "swap_donor": swap_info["donors"][i]})
+                         "has_swap": bool(has_swap[i]), "swap_donor": swap_info["donors"][i],
+                         "sample_hash": want[clip.key]})
     writer.close()
-    for stale in out.glob("shard-*.tar"):  # left by an earlier, larger packing
-        if int(stale.stem.split("-")[1]) > writer.index:
-            stale.unlink()
+
+    schema = arrow_schema(MANIFEST_COLUMNS)
+    new_rows = pa.Table.from_pylist(rows, schema=schema)
+    manifest = pa.concat_tables([kept.select(schema.names).cast(schema), new_rows]) if kept.num_columns \
+        else new_rows
+    shards = sorted(set(manifest.column("shard").to_pylist()))
+    region_descriptor, region_dim = "", 0
+    if clips:
+        region_info = caches["region"].infos({clips[0].key: plan.region[clips[0].key]})[clips[0].key]
+        region_descriptor, region_dim = region_info["descriptor"], int(region_info["dim"])
+    metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": pack_hash, "pack_options": pack_options,
+                "shards": len(shards), "bytes": sum((out / s).stat().st_size for s in shards),
+                "region_descriptor": region_descriptor, "region_dim": region_dim,
+                "columns": json.dumps(MANIFEST_COLUMNS)}
+    write_table(out / MANIFEST, manifest.replace_schema_metadata({k: str(v) for k, v in metadata.items()}))
+
+    rels = {c.key: c.rel for c in plan.clips}
+    rejects = list(discover_rejects)
+    for c in plan.clips:
+        rejects.extend(infos[c.key]["rejects"])
+    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in clips if plan.faceswap[c.key]})
+    for key, info in swap_infos.items():
+        rejects.extend({**r, "source": rels[key]} for r in info["rejects"])
     write_parquet(out / REJECTS, [{**r, "frame": int(r["frame"]), "timestamp": float(r["timestamp"])}
                                   for r in rejects], REJECT_COLUMNS)
-    metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": pack_hash, "shards": writer.index + 1,
-                "bytes": writer.total, "region_descriptor": region_descriptor, "region_dim": region_dim,
-                "columns": json.dumps(MANIFEST_COLUMNS)}
-    write_parquet(out / MANIFEST, rows, MANIFEST_COLUMNS, metadata)
-    return {"shards": writer.index + 1, "bytes": writer.total, "frames": len(rows)}
+    named = set(shards)
+    for stale in out.glob("shard-*.tar"):  # replaced by this packing (or left by an earlier one)
+        if stale.name not in named:
+            stale.unlink()
+    return {"shards": len(shards), "shards_written": len(writer.written), "shards_kept": len(named) -
+            len(writer.written), "clips_written": len(todo), "bytes": metadata["bytes"], "frames": manifest.num_rows}
+
+
+def write_table(path: Path, table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 # options that may differ between the parts of one run (they do not change what a part writes)

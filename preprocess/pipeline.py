@@ -283,6 +283,7 @@ def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, t
         "bytes": int(meta.get(b"bytes", b"0")) if meta else 0,
         "work_done": work, "seconds": {k: round(v, 2) for k, v in timings.items()},
         "repacked": packed is not None,
+        "pack": packed or {},
     }
 
 
@@ -299,7 +300,9 @@ def print_summary(s: dict) -> None:
     print(f"frames        {s['frames_kept']} kept of {s['frames_sampled']} sampled, {dropped} dropped"
           + "".join(f"\n  dropped     {n} {r}" for r, n in sorted(s["frames_dropped"].items())))
     print(f"composites    {s['composites']} made, {s['composites_skipped']} skipped")
-    print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB)")
+    written = (f"; this run wrote {s['pack']['shards_written']} for {s['pack']['clips_written']} clips and kept "
+               f"{s['pack']['shards_kept']}") if s["pack"] else ""
+    print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB{written})")
     w = s["work_done"]
     print(f"this run      read {w['content_read']} changed files, faces {w['faces']} clips, region {w['region']} frames, faceswap {w['faceswap']} "
           f"clips, pack {'yes' if w['pack'] else 'no (up to date)'}")

@@ -41,6 +41,7 @@ MANIFEST_COLUMNS = {
     "has_region": "region descriptor stored",
     "has_swap": "FaceSwap composite stored",
     "swap_donor": "donor of the composite as '<clip key>/<frame>' (empty when none)",
+    "sample_hash": "hash of the clip's cached step outputs (an incremental repack rewrites a clip when it changes)",
 }
 REJECT_COLUMNS = {
     "source": "input file or folder, relative to DATA",

@@ -350,3 +350,34 @@ def test_slurm_array_scripts_run_parts_concurrently_then_merge(good_corpus, tmp_
     ref = read_manifest(reference).to_pylist()
     assert sorted((r["key"], r["frame"]) for r in rows) == sorted((r["key"], r["frame"]) for r in ref)
     assert sum(len(s) for s in read_samples(shards)) == len(rows)
+
+
+def test_packing_is_incremental(good_corpus, tmp_path, photos):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(good_corpus, corpus)
+    shards = tmp_path / "s"
+    one_clip_per_shard = ("faceswap=false", "shard_max_mb=0.000001")
+    first = build(corpus, shards, *one_clip_per_shard, workers=0)
+    stamp = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.tar")}
+    before = stamp()
+    assert len(before) == first["clips"] == 4
+
+    synthetic.make_clip(corpus / "id00009" / "new" / "00001.mp4", photos["hopper"], seed=42, hue_shift=60)
+    added = build(corpus, shards, *one_clip_per_shard, workers=0)
+    after = stamp()
+    assert added["pack"]["shards_written"] == 1 and added["pack"]["shards_kept"] == 4
+    assert {k: after[k] for k in before} == before and len(after) == 5  # the old shards were not touched
+
+    removed_clip = sorted(corpus.rglob("*.mp4"))[0]
+    removed_clip.unlink()
+    removed = build(corpus, shards, *one_clip_per_shard, workers=0)
+    assert removed["pack"]["shards_written"] == 0 and removed["pack"]["shards_kept"] == 4
+    assert set(stamp().items()) < set(after.items())  # one shard deleted, the others untouched
+
+    fresh = tmp_path / "fresh"
+    build(corpus, fresh, *one_clip_per_shard, workers=0)
+    strip = lambda rows: sorted((r["key"], r["frame"], r["timestamp"], r["sample_hash"]) for r in rows)
+    assert strip(read_manifest(shards).to_pylist()) == strip(read_manifest(fresh).to_pylist())
+    ours = {s.key: s for s in read_samples(shards)}
+    for s in read_samples(fresh):
+        assert np.array_equal(ours[s.key].landmarks, s.landmarks) and ours[s.key].meta == s.meta
