@@ -114,7 +114,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     replaced (atomically) and the shards it no longer names are deleted."""
     from tqdm import tqdm
 
-    pack_options = digest(cfg.shard_max_mb, cfg.pack_seed)
+    pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s)
     for tmp in out.glob(".shard-*.tmp"):
         tmp.unlink()
     want = sample_hashes(clips, plan)
@@ -125,10 +125,13 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     dirty: set[str] = set()
     if previous is not None:
         old = previous.select(["key", "sample_hash", "shard"]).to_pydict()
-        dirty = {shard for key, h, shard in zip(old["key"], old["sample_hash"], old["shard"]) if want.get(key) != h}
+        clip_of = {c.rel: c.key for c in clips}  # a window's row names its clip by source
+        old_clip = [clip_of.get(src) for src in previous.column("source").to_pylist()]
+        dirty = {shard for key, h, shard in zip(old_clip, old["sample_hash"], old["shard"])
+                 if key is None or want.get(key) != h}
         keep_mask = pa.array([s not in dirty for s in old["shard"]], pa.bool_())
         kept = previous.filter(keep_mask)
-        done = set(kept.column("key").to_pylist())
+        done = {k for k, s in zip(old_clip, old["shard"]) if s not in dirty}
         existing = [int(name.split("-")[1].split(".")[0]) for name in set(old["shard"])]
     else:
         done, existing = set(), []
@@ -146,16 +149,19 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
             blob, idx = join_jpegs([b""] * n)
             swaps = {"swaps_blob": blob, "swaps_idx": idx}
             swap_info = {"donors": [""] * n, "rejects": []}
-        sample = clip_sample(clip, faces, region, region_info, swaps, swap_info)
-        shard = writer.write(sample.to_wds())
-        has_swap = sample.has_swap()
-        for i in range(len(sample)):
-            rows.append({"key": clip.key, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
-                         "source": clip.rel, "frame": i, "source_frame": int(sample.source_frame[i]),
-                         "timestamp": float(sample.time[i]), "shard": shard,
-                         "n_faces": int(faces["n_faces"][i]), "has_region": True,
-                         "has_swap": bool(has_swap[i]), "swap_donor": swap_info["donors"][i],
-                         "sample_hash": want[clip.key]})
+        whole = clip_sample(clip, faces, region, region_info, swaps, swap_info)
+        first = 0
+        for sample in whole.windows(cfg.window_s):
+            shard = writer.write(sample.to_wds())
+            has_swap = sample.has_swap()
+            for i in range(len(sample)):
+                rows.append({"key": sample.key, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
+                             "source": clip.rel, "frame": i, "source_frame": int(sample.source_frame[i]),
+                             "timestamp": float(sample.time[i]), "shard": shard,
+                             "n_faces": int(faces["n_faces"][first + i]), "has_region": True,
+                             "has_swap": bool(has_swap[i]), "swap_donor": sample.meta["donors"][i],
+                             "sample_hash": want[clip.key]})
+            first += len(sample)
     writer.close()
 
     schema = arrow_schema(MANIFEST_COLUMNS)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ MANIFEST_COLUMNS = {
     "video": "video id",
     "clip": "clip id",
     "source": "input file or folder, relative to DATA",
-    "frame": "index of the frame within the clip's sampled frames (row in the sample's arrays)",
+    "frame": "row of the frame in the sample's arrays (a clip's kept frames; of its window for long clips)",
     "source_frame": "frame number in the source (timestamp x stream rate for videos, file number for frames)",
     "timestamp": "presentation time in seconds, from the stream",
     "shard": "shard file, relative to the manifest",
@@ -136,6 +137,24 @@ class ClipSample:
     def has_swap(self) -> np.ndarray:
         offsets = self.jpegs["swaps"][1]
         return offsets[1:] > offsets[:-1]
+
+    def windows(self, window_s: float) -> list["ClipSample"]:
+        """The clip cut into consecutive windows of equal duration, at most window_s seconds each (so each is at
+        least window_s / 2 long: room for TimeAug's 1 s and HardNeg's 3 s); [self] when it is shorter. A window
+        is keyed `<clip key>_w<k>` and names its clip in meta (clip_key, window = [k, n], first_frame)."""
+        span = float(self.time[-1] - self.time[0]) if len(self) else 0.0
+        if window_s <= 0 or span <= window_s:
+            return [self]
+        n = math.ceil(span / window_s)
+        cuts = [0, *np.searchsorted(self.time, self.time[0] + span * np.arange(1, n) / n).tolist(), len(self)]
+        out = []
+        for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
+            jpegs = {name: (blob[off[a]:off[b]], off[a:b + 1] - off[a]) for name, (blob, off) in self.jpegs.items()}
+            meta = {**self.meta, "donors": self.meta["donors"][a:b], "clip_key": self.key, "window": [k, n],
+                    "first_frame": a}
+            out.append(ClipSample(f"{self.key}_w{k}", meta, self.time[a:b], self.source_frame[a:b],
+                                  self.landmarks[a:b], self.boxes[a:b], self.region[a:b], jpegs))
+        return out
 
     def to_wds(self) -> dict:
         out = {"__key__": self.key, META: json.dumps(self.meta).encode(),

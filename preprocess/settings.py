@@ -45,6 +45,10 @@ class ShardsConfig:
     swap_colour_blur: float = option(0.6, "colour correction blur, in inter-ocular distances", "faceswap")
     shard_max_mb: float = option(256.0, "a shard is closed once it holds this many MB", "pack")
     pack_seed: int = option(0, "seed of the order clips are spread over shards", "pack")
+    window_s: float = option(60.0, "a clip longer than this is stored as several samples of equal duration, each "
+                                   "at most this long and at least half of it (room for TimeAug and HardNeg), "
+                                   "keyed <clip key>_w<k>; bounds a sample's size and an anchor's read "
+                                   "(0 = one sample per clip)", "pack")
     workers: int = option(available_cpus(), "clips processed in parallel, each in its own worker process "
                                             "(default: the CPUs this process may use, SLURM's allocation "
                                             "included); 0 = in this process (debugging: no timeout)")

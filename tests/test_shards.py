@@ -381,3 +381,37 @@ def test_packing_is_incremental(good_corpus, tmp_path, photos):
     ours = {s.key: s for s in read_samples(shards)}
     for s in read_samples(fresh):
         assert np.array_equal(ours[s.key].landmarks, s.landmarks) and ours[s.key].meta == s.meta
+
+
+def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
+    from train.data import ShardIndex
+
+    reference, _ = built
+    shards = tmp_path / "s"
+    build(good_corpus, shards, "window_s=1.5")
+    whole = {s.key: s for s in read_samples(reference)}
+    windows = read_samples(shards)
+    assert len(windows) > len(whole)
+    by_clip: dict = {}
+    for w in windows:
+        by_clip.setdefault(w.meta.get("clip_key", w.key), []).append(w)
+    assert set(by_clip) == set(whole)
+    for key, parts in by_clip.items():
+        parts.sort(key=lambda w: w.meta.get("window", [0])[0])
+        span = lambda w: float(w.time[-1] - w.time[0])
+        assert all(span(w) <= 1.5 + 1e-9 for w in parts)
+        if len(parts) > 1:
+            assert all(w.key == f"{key}_w{k}" and w.meta["window"] == [k, len(parts)] for k, w in enumerate(parts))
+        ref = whole[key]
+        assert np.array_equal(np.concatenate([w.time for w in parts]), ref.time)
+        assert np.array_equal(np.concatenate([w.landmarks for w in parts]), ref.landmarks)
+        frames = [w.image("faces", i) for w in parts for i in range(len(w))]
+        assert all(np.array_equal(a, ref.image("faces", i)) for i, a in enumerate(frames))
+        assert sum((w.meta["donors"] for w in parts), []) == ref.meta["donors"]
+    manifest = read_manifest(shards)
+    assert len(manifest) == len(read_manifest(reference))
+    index = ShardIndex.build(shards, manifest)  # the trainer: windows of one clip share a clip id
+    origin = dict(zip(index.keys, index.origin))
+    for key, parts in by_clip.items():
+        assert len({origin[w.key] for w in parts}) == 1
+    assert len(set(origin.values())) == len(by_clip)

@@ -178,6 +178,7 @@ class ShardIndex:
     start: np.ndarray      # int64 byte ranges in the shard
     end: np.ndarray
     speaker: np.ndarray    # int64 speaker index (from the manifest)
+    origin: np.ndarray     # int64 source clip index: the windows of one long clip share it
     problems: list[str]    # damaged shards and clips of the manifest that no shard holds
 
     @classmethod
@@ -190,6 +191,8 @@ class ShardIndex:
         first = np.unique(key_col, return_index=True)[1]
         speakers, speaker_idx = np.unique(spk_col[first], return_inverse=True)
         speaker_of = dict(zip(key_col[first], speaker_idx))
+        src_col = manifest.column("source").to_numpy(zero_copy_only=False)
+        origin_of = dict(zip(key_col[first], np.unique(src_col[first], return_inverse=True)[1]))
         keys, shard, start, end, problems = [], [], [], [], []
         for i, path in enumerate(paths):
             k, s, e, err = cached_index_tar(path, shards_dir / ".cache" / "tar-index")
@@ -205,7 +208,8 @@ class ShardIndex:
         if missing:
             problems.append(f"{missing} clip(s) of the manifest are in no readable shard")
         return cls(paths, keys, np.array(shard, np.int32), np.array(start, np.int64), np.array(end, np.int64),
-                   np.array([speaker_of[k] for k in keys], np.int64), problems)
+                   np.array([speaker_of[k] for k in keys], np.int64),
+                   np.array([origin_of[k] for k in keys], np.int64), problems)
 
     def __len__(self):
         return len(self.keys)
@@ -333,7 +337,7 @@ class BatchStream(torch.utils.data.IterableDataset):
             "boxes": np.stack([v.clip.boxes[v.frame] for v in views]).astype(np.float32),
             "region": np.stack([v.clip.region[v.frame] for v in views]).astype(np.float32),
             "speaker": self.index.speaker[[v.cid for v in anchors]],
-            "clip": np.array([v.cid for v in views], np.int64),
+            "clip": self.index.origin[[v.cid for v in views]],  # windows of one clip are one clip here
             "time": np.array([v.clip.time[v.frame] for v in views], np.float64),
             "offset": np.array([p.clip.time[p.frame] - a.clip.time[a.frame] for a, p in zip(anchors, positives)
                                 if p.cid == a.cid], np.float32),
