@@ -69,16 +69,29 @@ def inner_face_mask(landmarks: np.ndarray, shape: tuple[int, int]) -> np.ndarray
     return mask
 
 
+def blend_mask(lm_warped: np.ndarray, lm_donor: np.ndarray, shape: tuple[int, int], feather: float,
+               dilate: float) -> np.ndarray:
+    """float [h, w] in [0, 1]: the inner-face hulls of both faces, grown by `dilate` and then feathered by
+    `feather` (both in the donor's inter-ocular distances). Growing first keeps the feathered edge outside the
+    hull, so mouth corners and brows, which carry the expression, come whole from the face."""
+    h, w = shape
+    iod = max(inter_ocular(lm_donor), 1.0)
+    mask = np.maximum(inner_face_mask(lm_warped, (h, w)), inner_face_mask(lm_donor, (h, w)))
+    r = int(round(dilate * iod))
+    if r > 0:
+        mask = cv2.dilate(mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    return cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), sigmaX=max(feather * iod, 1e-3))
+
+
 def composite(face: np.ndarray, lm_face: np.ndarray, donor: np.ndarray, lm_donor: np.ndarray,
-              m: np.ndarray, feather: float, colour_blur: float) -> np.ndarray:
+              m: np.ndarray, feather: float, colour_blur: float, dilate: float = 0.0) -> np.ndarray:
     """The face's inner region, aligned by `m` onto the donor, colour-corrected to the donor and blended with a
-    feathered mask. RGB uint8 in, RGB uint8 out."""
+    mask grown by `dilate` and feathered (blend_mask). RGB uint8 in, RGB uint8 out."""
     h, w = donor.shape[:2]
     warped = cv2.warpAffine(face, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     lm_warped = apply(m, lm_face)
     iod = max(inter_ocular(lm_donor), 1.0)
-    mask = np.maximum(inner_face_mask(lm_warped, (h, w)), inner_face_mask(lm_donor, (h, w)))
-    mask = cv2.GaussianBlur(mask.astype(np.float32) / 255, (0, 0), sigmaX=feather * iod)[..., None]
+    mask = blend_mask(lm_warped, lm_donor, (h, w), feather, dilate)[..., None]
     k = _odd(colour_blur * iod)
     donor_f, warped_f = donor.astype(np.float32), warped.astype(np.float32)
     blur_donor = cv2.GaussianBlur(donor_f, (k, k), 0)
@@ -86,3 +99,16 @@ def composite(face: np.ndarray, lm_face: np.ndarray, donor: np.ndarray, lm_donor
     corrected = warped_f * blur_donor / np.maximum(blur_warped, 1.0)
     out = mask * np.clip(corrected, 0, 255) + (1 - mask) * donor_f
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path) -> None:
+    """A PNG of (face, composite, donor frame) rows, to check FaceSwap by eye."""
+    from preprocess.cache import atomic_write_bytes
+
+    size = 128
+    tiles = [np.hstack([cv2.resize(img, (size, size)) for img in row]) for row in rows]
+    head = np.full((22, 3 * size, 3), 255, np.uint8)
+    for i, text in enumerate(("face", "composite", "donor")):
+        cv2.putText(head, text, (i * size + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(np.vstack([head, *tiles]), cv2.COLOR_RGB2BGR))
+    atomic_write_bytes(path, png.tobytes())

@@ -20,7 +20,7 @@ from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at
 from preprocess.settings import ShardsConfig
 
 # Bump a step's version when its code changes what it writes: its cache (and everything after) is redone.
-STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 1}
+STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 2}
 
 
 @dataclass
@@ -49,6 +49,32 @@ def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_di
             bar.update(1)
             bar.set_postfix_str(f"{frames / max(time.perf_counter() - t0, 1e-9):.1f} frames/s")
             yield job, r
+
+
+SWAP_SHEET = "faceswap-sheet.png"
+
+
+def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, seed: int, rows: int = 8) -> None:
+    """faceswap-sheet.png: face, composite and donor frame for a few seeded frames of different clips."""
+    rng = np.random.default_rng(seed)
+    picked = []
+    for i in rng.permutation(len(usable)):
+        if len(picked) == rows:
+            break
+        clip = usable[i]
+        swaps, info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
+        made = [j for j, d in enumerate(info["donors"]) if d]
+        if not made:
+            continue
+        j = made[rng.integers(len(made))]
+        donor_key, donor_frame = info["donors"][j].rsplit("/", 1)
+        faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
+        donor, _ = caches["faces"].load(donor_key, plan.faces[donor_key])
+        picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
+                       decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"], j)),
+                       decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
+    if picked:
+        fs.contact_sheet(picked, path)
 
 
 def failed_info(clip: Clip, step: str, reason: str) -> dict:
@@ -107,7 +133,7 @@ def make_swaps(key: str, arrays: dict, donors: dict[str, dict], cfg: ShardsConfi
             blob, idx = donors[d]["faces_blob"], donors[d]["faces_idx"]
             donor_faces[(d, j)] = decode_jpeg(jpeg_at(blob, idx, j))
         img = fs.composite(face, lm, donor_faces[(d, j)], donors[d]["landmarks"][j].astype(np.float32), m,
-                           cfg.swap_feather, cfg.swap_colour_blur)
+                           cfg.swap_feather, cfg.swap_colour_blur, cfg.swap_dilate)
         jpegs.append(encode_jpeg(img, cfg.jpeg_quality))
         donor_names.append(f"{d}/{j}")
         misfits.append(err)
@@ -230,6 +256,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         work["faceswap"] = len(todo)
         if todo:
             caches["faceswap"].prune(plan.faceswap)
+        if todo or not (out / SWAP_SHEET).is_file():
+            write_contact_sheet(out / SWAP_SHEET, usable, plan, caches, cfg.swap_seed)
     else:
         plan.faceswap = {c.key: "" for c in usable}  # no composites: every frame's swap is empty
         work["faceswap"] = 0

@@ -41,7 +41,9 @@ class ShardsConfig:
     swap_tries: int = option(5, "donor frames tried per frame before the composite is skipped", "faceswap")
     swap_max_misfit: float = option(0.08, "skip a donor whose landmarks differ from the face's by more than "
                                           "this RMS, in inter-ocular distances, after alignment", "faceswap")
-    swap_feather: float = option(0.12, "mask feathering, in inter-ocular distances", "faceswap")
+    swap_feather: float = option(0.08, "mask feathering (Gaussian sigma), in inter-ocular distances", "faceswap")
+    swap_dilate: float = option(0.2, "the mask is grown by this many inter-ocular distances before feathering, "
+                                      "so mouth corners and brows come whole from the face", "faceswap")
     swap_colour_blur: float = option(0.6, "colour correction blur, in inter-ocular distances", "faceswap")
     shard_max_mb: float = option(256.0, "a shard is closed once it holds this many MB", "pack")
     pack_seed: int = option(0, "seed of the order clips are spread over shards", "pack")

@@ -9,6 +9,7 @@ import tarfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -415,3 +416,30 @@ def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
     for key, parts in by_clip.items():
         assert len({origin[w.key] for w in parts}) == 1
     assert len(set(origin.values())) == len(by_clip)
+
+
+def test_faceswap_mask_keeps_mouth_corners_and_brows_whole():
+    from preprocess import faceswap as fs
+    from preprocess.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH
+    from preprocess.settings import ShardsConfig
+    from preprocess.synthetic import face_photos, photo_landmarks
+
+    lm = photo_landmarks("astronaut")
+    shape = face_photos()["astronaut"].shape[:2]
+    hull_points = []
+    for group in (EYES_AND_BROWS, NOSE_AND_MOUTH):  # the landmarks on each hull's edge
+        hull = cv2.convexHull(np.round(lm[group]).astype(np.int32), returnPoints=False).ravel()
+        hull_points += [group[i] for i in hull]
+    at = lambda mask: mask[np.round(lm[hull_points, 1]).astype(int), np.round(lm[hull_points, 0]).astype(int)]
+    cfg = ShardsConfig()
+    grown = fs.blend_mask(lm, lm, shape, cfg.swap_feather, cfg.swap_dilate)
+    assert at(grown).min() > 0.95  # every edge landmark (mouth corners, brow ends) comes from the face
+    plain = fs.blend_mask(lm, lm, shape, cfg.swap_feather, 0.0)
+    assert at(plain).min() < 0.7  # feathering alone left them half donor
+
+
+def test_build_writes_a_faceswap_contact_sheet(built):
+    shards, summary = built
+    sheet = cv2.imread(str(shards / "faceswap-sheet.png"))
+    assert summary["composites"] > 0 and sheet is not None
+    assert sheet.shape[1] == 3 * 128 and (sheet.shape[0] - 22) % 128 == 0 and sheet.shape[0] > 22
