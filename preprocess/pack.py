@@ -76,7 +76,8 @@ class ShardWriter:
 
 def clip_sample(clip, faces: dict, region: dict, region_info: dict, swaps: dict, swap_info: dict) -> ClipSample:
     meta = {"schema": SCHEMA_VERSION, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
-            "source": clip.rel, "region_descriptor": region_info["descriptor"], "donors": swap_info["donors"]}
+            "source": clip.rel, "region_descriptor": region_info["descriptor"], "donors": swap_info["donors"],
+            "swaps_per_frame": swap_info.get("swaps_per_frame", 1)}
     jpegs = {name: (faces[f"{name}_blob"], faces[f"{name}_idx"]) for name in ("faces", "eyes", "mouth")}
     jpegs["swaps"] = (swaps["swaps_blob"], swaps["swaps_idx"])
     return ClipSample(key=clip.key, meta=meta, time=faces["time"], source_frame=faces["source_frame"],

@@ -54,7 +54,8 @@ def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_di
 SWAP_SHEET = "faceswap-sheet.png"
 
 
-def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, seed: int, rows: int = 8) -> None:
+def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, seed: int,
+                        rows: int = 8) -> None:
     """faceswap-sheet.png: face, composite and donor frame for a few seeded frames of different clips."""
     rng = np.random.default_rng(seed)
     picked = []
@@ -67,11 +68,12 @@ def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict
         if not made:
             continue
         j = made[rng.integers(len(made))]
-        donor_key, donor_frame = info["donors"][j].rsplit("/", 1)
+        donor_key, donor_frame = info["donors"][j].split(";")[0].rsplit("/", 1)
         faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
         donor, _ = caches["faces"].load(donor_key, plan.faces[donor_key])
         picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
-                       decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"], j)),
+                       decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"],
+                                           j * info.get("swaps_per_frame", 1))),
                        decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
     if picked:
         fs.contact_sheet(picked, path)
@@ -110,35 +112,39 @@ def make_swaps(key: str, arrays: dict, donors: dict[str, dict], cfg: ShardsConfi
     faces = _images(arrays, "faces")
     lms = arrays["landmarks"].astype(np.float32)
     donor_faces: dict[tuple, np.ndarray] = {}
+    k = max(1, cfg.swaps_per_frame)
     jpegs, donor_names, misfits, rejects = [], [], [], []
+    made = 0
     for i, (face, lm) in enumerate(zip(faces, lms)):
-        best = None
+        tried = []
         for d, darr in donors.items():
             j = fs.donor_frame(cfg.swap_seed, key, i, d, len(darr["time"]))
             err, m = fs.misfit(lm, darr["landmarks"][j].astype(np.float32))
-            if best is None or err < best[0]:
-                best = (err, m, d, j)
-        if best is None or best[0] > cfg.swap_max_misfit:
-            reason = "no donor of another speaker" if best is None else \
-                f"landmark geometry too different from every donor tried (misfit {best[0]:.3f} > " \
+            tried.append((err, m, d, j))
+        tried.sort(key=lambda t: t[0])
+        fitting = [t for t in tried if t[0] <= cfg.swap_max_misfit][:k]
+        misfits.append(tried[0][0] if tried else np.nan)
+        if not fitting:
+            reason = "no donor of another speaker" if not tried else \
+                f"landmark geometry too different from every donor tried (misfit {tried[0][0]:.3f} > " \
                 f"{cfg.swap_max_misfit:g})"
             rejects.append({"source": "", "key": key, "frame": i, "timestamp": float(arrays["time"][i]),
                             "step": "faceswap", "reason": reason})
-            jpegs.append(b"")
-            donor_names.append("")
-            misfits.append(np.nan if best is None else best[0])
-            continue
-        err, m, d, j = best
-        if (d, j) not in donor_faces:
-            blob, idx = donors[d]["faces_blob"], donors[d]["faces_idx"]
-            donor_faces[(d, j)] = decode_jpeg(jpeg_at(blob, idx, j))
-        img = fs.composite(face, lm, donor_faces[(d, j)], donors[d]["landmarks"][j].astype(np.float32), m,
-                           cfg.swap_feather, cfg.swap_colour_blur, cfg.swap_dilate)
-        jpegs.append(encode_jpeg(img, cfg.jpeg_quality))
-        donor_names.append(f"{d}/{j}")
-        misfits.append(err)
+        names = []
+        for err, m, d, j in fitting:  # the best-fitting donors, one composite each
+            if (d, j) not in donor_faces:
+                blob, idx = donors[d]["faces_blob"], donors[d]["faces_idx"]
+                donor_faces[(d, j)] = decode_jpeg(jpeg_at(blob, idx, j))
+            img = fs.composite(face, lm, donor_faces[(d, j)], donors[d]["landmarks"][j].astype(np.float32), m,
+                               cfg.swap_feather, cfg.swap_colour_blur, cfg.swap_dilate)
+            jpegs.append(encode_jpeg(img, cfg.jpeg_quality))
+            names.append(f"{d}/{j}")
+        jpegs += [b""] * (k - len(fitting))
+        donor_names.append(";".join(names))
+        made += bool(fitting)
     blob, idx = join_jpegs(jpegs)
-    info = {"donors": donor_names, "made": sum(1 for j in jpegs if j), "rejects": rejects}
+    info = {"donors": donor_names, "made": made, "composites": sum(1 for j in jpegs if j),
+            "swaps_per_frame": k, "rejects": rejects}
     return {"swaps_blob": blob, "swaps_idx": idx, "misfit": np.array(misfits, np.float32)}, info
 
 
@@ -293,8 +299,8 @@ def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, t
     swap_made = swap_skipped = 0
     swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable if plan.faceswap[c.key]})
     for info in swap_infos.values():
-        swap_made += info["made"]
-        swap_skipped += len(info["donors"]) - info["made"]
+        swap_made += info.get("composites", info["made"])
+        swap_skipped += len(info["donors"]) - info["made"]  # frames without any
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(out / MANIFEST).metadata if (out / MANIFEST).is_file() else {}
@@ -327,11 +333,11 @@ def print_summary(s: dict) -> None:
     dropped = sum(s["frames_dropped"].values())
     print(f"frames        {s['frames_kept']} kept of {s['frames_sampled']} sampled, {dropped} dropped"
           + "".join(f"\n  dropped     {n} {r}" for r, n in sorted(s["frames_dropped"].items())))
-    print(f"composites    {s['composites']} made, {s['composites_skipped']} skipped")
+    print(f"composites    {s['composites']} made, {s['composites_skipped']} frames without one")
     written = (f"; this run wrote {s['pack']['shards_written']} for {s['pack']['clips_written']} clips and kept "
                f"{s['pack']['shards_kept']}") if s["pack"] else ""
     print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB{written})")
     w = s["work_done"]
-    print(f"this run      read {w['content_read']} changed files, faces {w['faces']} clips, region {w['region']} frames, faceswap {w['faceswap']} "
-          f"clips, pack {'yes' if w['pack'] else 'no (up to date)'}")
+    print(f"this run      read {w['content_read']} changed files, faces {w['faces']} clips, region {w['region']} "
+          f"frames, faceswap {w['faceswap']} clips, pack {'yes' if w['pack'] else 'no (up to date)'}")
     print("seconds       " + ", ".join(f"{k} {v:.1f}" for k, v in s["seconds"].items()))

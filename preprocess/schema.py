@@ -41,7 +41,7 @@ MANIFEST_COLUMNS = {
     "n_faces": "faces the detector saw in the frame (the tracked or largest one was kept)",
     "has_region": "region descriptor stored",
     "has_swap": "FaceSwap composite stored",
-    "swap_donor": "donor of the composite as '<clip key>/<frame>' (empty when none)",
+    "swap_donor": "donors of the frame's composites as '<clip key>/<frame>', ';'-separated (empty when none)",
     "sample_hash": "hash of the clip's cached step outputs (an incremental repack rewrites a clip when it changes)",
 }
 REJECT_COLUMNS = {
@@ -127,16 +127,26 @@ class ClipSample:
     def __len__(self):
         return len(self.time)
 
-    def image(self, name: str, i: int) -> np.ndarray | None:
-        """Decode frame i of blob `name` (faces, swaps, eyes, mouth) as RGB uint8; None when absent."""
+    @property
+    def swaps_per_frame(self) -> int:
+        return int(self.meta.get("swaps_per_frame", 1))
+
+    def image(self, name: str, i: int, j: int = 0) -> np.ndarray | None:
+        """Decode frame i of blob `name` (faces, swaps, eyes, mouth) as RGB uint8 (for swaps: frame i's j-th
+        composite); None when absent."""
         blob, offsets = self.jpegs[name]
-        if offsets[i + 1] == offsets[i]:
+        e = i * self.swaps_per_frame + j if name == "swaps" else i
+        if offsets[e + 1] == offsets[e]:
             return None
-        return decode_jpeg(jpeg_at(blob, offsets, i))
+        return decode_jpeg(jpeg_at(blob, offsets, e))
+
+    def swap_slots(self) -> np.ndarray:
+        """bool [n, swaps_per_frame]: which composites each frame has."""
+        offsets = self.jpegs["swaps"][1]
+        return (offsets[1:] > offsets[:-1]).reshape(len(self), self.swaps_per_frame)
 
     def has_swap(self) -> np.ndarray:
-        offsets = self.jpegs["swaps"][1]
-        return offsets[1:] > offsets[:-1]
+        return self.swap_slots().any(1)
 
     def windows(self, window_s: float) -> list["ClipSample"]:
         """The clip cut into consecutive windows of equal duration, at most window_s seconds each (so each is at
@@ -149,7 +159,10 @@ class ClipSample:
         cuts = [0, *np.searchsorted(self.time, self.time[0] + span * np.arange(1, n) / n).tolist(), len(self)]
         out = []
         for k, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
-            jpegs = {name: (blob[off[a]:off[b]], off[a:b + 1] - off[a]) for name, (blob, off) in self.jpegs.items()}
+            jpegs = {}
+            for name, (blob, off) in self.jpegs.items():
+                per = self.swaps_per_frame if name == "swaps" else 1
+                jpegs[name] = (blob[off[a * per]:off[b * per]], off[a * per:b * per + 1] - off[a * per])
             meta = {**self.meta, "donors": self.meta["donors"][a:b], "clip_key": self.key, "window": [k, n],
                     "first_frame": a}
             out.append(ClipSample(f"{self.key}_w{k}", meta, self.time[a:b], self.source_frame[a:b],

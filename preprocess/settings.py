@@ -39,6 +39,9 @@ class ShardsConfig:
     faceswap: bool = option(True, "precompute FaceSwap composites", "faceswap")
     swap_seed: int = option(0, "seed of the donor choice", "faceswap")
     swap_tries: int = option(5, "donor frames tried per frame before the composite is skipped", "faceswap")
+    swaps_per_frame: int = option(2, "composites stored per frame, each with another of the best-fitting donors "
+                                      "(the trainer picks one at random: a positive's identity varies across "
+                                      "epochs)", "faceswap")
     swap_max_misfit: float = option(0.08, "skip a donor whose landmarks differ from the face's by more than "
                                           "this RMS, in inter-ocular distances, after alignment", "faceswap")
     swap_feather: float = option(0.08, "mask feathering (Gaussian sigma), in inter-ocular distances", "faceswap")

@@ -58,9 +58,15 @@ def test_build_writes_shards_manifest_and_summary(built):
         assert 0 < eyes_box[0] < eyes_box[2] < 128 and eyes_box[3] < mouth_box[1] < mouth_box[3] < 128
     # FaceSwap donors are frames of other speakers, named by key/frame
     speakers = {s.key: s.meta["speaker"] for s in samples}
-    donors = [(s, d) for s in samples for d in s.meta["donors"] if d]
-    assert donors and all(speakers[d.rsplit("/", 1)[0]] != s.meta["speaker"] for s, d in donors)
-    assert summary["composites"] == sum(int(s.has_swap().sum()) for s in samples)
+    donors = [(s, i, d) for s in samples for i, ds in enumerate(s.meta["donors"]) for d in ds.split(";") if d]
+    assert donors and all(speakers[d.rsplit("/", 1)[0]] != s.meta["speaker"] for s, _, d in donors)
+    assert summary["composites"] == sum(int(s.swap_slots().sum()) for s in samples) == len(donors)
+    # up to swaps_per_frame (2) composites per frame, each with another donor clip
+    assert max(s.swap_slots().shape[1] for s in samples) == 2 and any(s.swap_slots()[:, 1].any() for s in samples)
+    for s, i, d in donors:
+        frame_donors = s.meta["donors"][i].split(";")
+        assert len(set(x.rsplit("/", 1)[0] for x in frame_donors)) == len(frame_donors)
+        assert s.image("swaps", i, frame_donors.index(d)).shape == (128, 128, 3)
 
 
 def test_timestamps_follow_the_sampling_grid_of_the_stream(built):
@@ -408,6 +414,9 @@ def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
         assert np.array_equal(np.concatenate([w.landmarks for w in parts]), ref.landmarks)
         frames = [w.image("faces", i) for w in parts for i in range(len(w))]
         assert all(np.array_equal(a, ref.image("faces", i)) for i, a in enumerate(frames))
+        swaps = [w.image("swaps", i, j) for w in parts for i in range(len(w)) for j in range(2)]
+        assert all(a is None and ref.image("swaps", i // 2, i % 2) is None or
+                   np.array_equal(a, ref.image("swaps", i // 2, i % 2)) for i, a in enumerate(swaps))
         assert sum((w.meta["donors"] for w in parts), []) == ref.meta["donors"]
     manifest = read_manifest(shards)
     assert len(manifest) == len(read_manifest(reference))

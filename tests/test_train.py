@@ -554,3 +554,20 @@ def test_shard_index_is_cached_per_shard_and_rescanned_when_a_shard_changes(trai
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))
     data.ShardIndex.build(copy, read_manifest(copy))
     assert scans == [shard]
+
+
+def test_faceswap_positives_use_every_stored_composite(train_shards):
+    """With two composites per frame (two donors), a FaceSwap positive picks either, about evenly."""
+    from train.data import View
+
+    s = stream(train_shards, config("sslfer", "p_swap=1.0"))
+    clips = [s.load(i, np.random.default_rng(0), {"unreadable": 0})[1] for i in range(len(s.index))]
+    cid = next(i for i, c in enumerate(clips) if c.swap_slots().all(1).any())
+    clip = clips[cid]
+    frame = int(np.flatnonzero(clip.swap_slots().all(1))[0])
+    s.cfg.timeaug = False  # the positive is the anchor's own frame
+    rng, stats = np.random.default_rng(0), {"swaps": 0}
+    picks = [s.positive(View(cid, clip, frame), rng, stats).swap for _ in range(400)]
+    assert set(picks) == {0, 1} and 150 < picks.count(1) < 250 and stats["swaps"] == 400
+    images = {j: s.image(View(cid, clip, frame, j)) for j in (0, 1)}
+    assert not np.array_equal(images[0], images[1])  # two donors, two different composites

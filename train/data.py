@@ -261,7 +261,7 @@ class View:
     cid: int
     clip: ClipSample
     frame: int
-    swap: bool = False
+    swap: int = -1  # which of the frame's FaceSwap composites (-1: the face itself)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
@@ -379,8 +379,12 @@ class BatchStream(torch.utils.data.IterableDataset):
         if cfg.timeaug:
             p = (frame_offset_positive(len(a.clip), a.frame, rng, self.time_frames, self.time_weights)
                  if self.time_frames else timeaug_positive(a.clip.time, a.frame, rng, cfg.time_max))
-        swap = bool(cfg.faceswap and rng.random() < cfg.p_swap and a.clip.has_swap()[p])
-        stats["swaps"] += swap
+        swap = -1
+        if cfg.faceswap and rng.random() < cfg.p_swap:
+            choices = np.flatnonzero(a.clip.swap_slots()[p])  # one of the frame's composites (donors vary)
+            if len(choices):
+                swap = int(choices[rng.integers(len(choices))]) if len(choices) > 1 else int(choices[0])
+        stats["swaps"] += swap >= 0
         return View(a.cid, a.clip, p, swap)
 
     def hard_negative(self, a: View, rng, stats) -> View:
@@ -402,7 +406,9 @@ class BatchStream(torch.utils.data.IterableDataset):
 
     @staticmethod
     def image(view: View) -> np.ndarray:
-        return view.clip.image("swaps" if view.swap else "faces", view.frame)
+        if view.swap >= 0:
+            return view.clip.image("swaps", view.frame, view.swap)
+        return view.clip.image("faces", view.frame)
 
     def cutmix(self, images: list[np.ndarray], anchors: list[View], rng, stats) -> None:
         """Table 1 row (c): a positive keeps its centre patch (half the side) on another speaker's frame."""
