@@ -2,6 +2,7 @@
 
     python bench/bench_scale.py --what donors [--clips 5000 20000 153516] [--speakers 1251]
     python bench/bench_scale.py --what rerun [--clips 153516] [--work /tmp/scale]
+    python bench/bench_scale.py --what pipeline [--clips 500 4000] [--work /tmp/scale]
 
 donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring (this code) at each size,
 against the previous ranking of every other clip per clip (the baseline, timed at small sizes only: it grows
@@ -11,7 +12,11 @@ clips are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, 
 rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
 region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
 hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
-changed, and a rerun after adding 1% of clips; each in its own process, wall time and peak RSS."""
+changed, and a rerun after adding 1% of clips; each in its own process, wall time and peak RSS.
+
+pipeline: the real `make shards` (decode, mediapipe, alignment, landmark region descriptor, FaceSwap, packing;
+all CPUs) on N clips of 1 s (20 synthetic clips hard-linked under N paths of 250 speakers): time per clip at
+each size and its ratio to the smallest (flat = no step grows faster than the corpus)."""
 from __future__ import annotations
 
 import argparse
@@ -117,20 +122,52 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
               flush=True)
 
 
+def bench_pipeline(sizes: list[int], work: Path) -> None:
+    import os
+    import shutil
+    import subprocess
+
+    from preprocess.synthetic import face_photos, make_clip
+
+    shutil.rmtree(work, ignore_errors=True)
+    photos = list(face_photos().values())
+    sources = [make_clip(work / "sources" / f"{i}.mp4", photos[i % 2], seconds=1.0, size=(224, 224), seed=i,
+                         hue_shift=(i // 2) * 9) for i in range(20)]
+    print("| clips | seconds | ms per clip | ratio to the smallest |")
+    print("|---:|---:|---:|---:|")
+    first = None
+    for n in sizes:
+        data, shards = work / f"corpus-{n}", work / f"shards-{n}"
+        for i in range(n):
+            path = data / f"id{i % 250:05d}" / f"v{i // 250:04d}" / "00001.mp4"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.link(sources[i % len(sources)], path)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "preprocess", "build", str(data), str(shards),
+                        "region_descriptor=landmarks"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL)
+        per = (time.perf_counter() - t) / n
+        first = first or per
+        print(f"| {n:,} | {per * n:.0f} | {1e3 * per:.1f} | {per / first:.2f} |", flush=True)
+
+
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--child":
         simulated_build(sys.argv[2], sys.argv[3])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", choices=["donors", "rerun"], default="donors", help="what to measure")
+    ap.add_argument("--what", choices=["donors", "rerun", "pipeline"], default="donors", help="what to measure")
     ap.add_argument("--work", default="/tmp/bench-scale", help="rerun: where the simulated corpus and shards go")
     ap.add_argument("--clips", type=int, nargs="+", default=None,
-                    help="corpus sizes (donors: 5000 20000 153516; rerun: 153516)")
+                    help="corpus sizes (donors: 5000 20000 153516; rerun: 153516; pipeline: 500 4000)")
     ap.add_argument("--speakers", type=int, default=1251, help="speakers (VoxCeleb1: 1,251)")
     ap.add_argument("--baseline-clips", type=int, nargs="+", default=[1000, 2000],
                     help="sizes at which to time the previous quadratic choice")
     ap.add_argument("--k", type=int, default=5, help="donors per clip (swap_tries)")
     a = ap.parse_args()
+    if a.what == "pipeline":
+        bench_pipeline(a.clips or [500, 4000], Path(a.work))
+        return
     if a.what == "rerun":
         for n in a.clips or [153516]:
             bench_rerun(n, a.speakers, Path(a.work))
