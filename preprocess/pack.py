@@ -10,6 +10,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
@@ -139,7 +140,8 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     todo = [c for c in clips if c.key not in done]
     order = sorted(todo, key=lambda c: hashlib.sha1(f"{cfg.pack_seed}|{c.key}".encode()).hexdigest())
     writer = ShardWriter(out, cfg.shard_max_mb * 1e6, first=max(existing, default=-1) + 1)
-    rows = []
+    schema = arrow_schema(MANIFEST_COLUMNS)
+    columns: dict[str, list] = {name: [] for name in schema.names}  # column-wise: no dict per frame
     for clip in tqdm(order, desc="pack", unit="clip", dynamic_ncols=True):
         faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
         region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
@@ -154,19 +156,23 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
         first = 0
         for sample in whole.windows(cfg.window_s):
             shard = writer.write(sample.to_wds())
-            has_swap = sample.has_swap()
-            for i in range(len(sample)):
-                rows.append({"key": sample.key, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
-                             "source": clip.rel, "frame": i, "source_frame": int(sample.source_frame[i]),
-                             "timestamp": float(sample.time[i]), "shard": shard,
-                             "n_faces": int(faces["n_faces"][first + i]), "has_region": True,
-                             "has_swap": bool(has_swap[i]), "swap_donor": sample.meta["donors"][i],
-                             "sample_hash": want[clip.key]})
-            first += len(sample)
+            n = len(sample)
+            for name, value in (("key", sample.key), ("speaker", clip.speaker), ("video", clip.video),
+                                ("clip", clip.clip), ("source", clip.rel), ("shard", shard),
+                                ("sample_hash", want[clip.key])):
+                columns[name] += [value] * n
+            columns["frame"].append(np.arange(n, dtype=np.int64))
+            columns["source_frame"].append(sample.source_frame.astype(np.int64))
+            columns["timestamp"].append(sample.time.astype(np.float64))
+            columns["n_faces"].append(faces["n_faces"][first:first + n].astype(np.int64))
+            columns["has_region"].append(np.ones(n, bool))
+            columns["has_swap"].append(sample.has_swap())
+            columns["swap_donor"] += sample.meta["donors"]
+            first += n
     writer.close()
 
-    schema = arrow_schema(MANIFEST_COLUMNS)
-    new_rows = pa.Table.from_pylist(rows, schema=schema)
+    new_rows = pa.table({name: pa.array(np.concatenate(v) if v and isinstance(v[0], np.ndarray) else v,
+                                        schema.field(name).type) for name, v in columns.items()}, schema=schema)
     manifest = pa.concat_tables([kept.select(schema.names).cast(schema), new_rows]) if kept.num_columns \
         else new_rows
     shards = sorted(set(manifest.column("shard").to_pylist()))
