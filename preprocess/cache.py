@@ -89,15 +89,12 @@ class Stamps:
         if self.now == self.known:
             return
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         rels = sorted(self.now)
         table = pa.table({"rel": rels, "size": [self.now[r][0] for r in rels],
                           "mtime_ns": [self.now[r][1] for r in rels], "inode": [self.now[r][2] for r in rels],
                           "fingerprint": [self.now[r][3] for r in rels]})
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink)
-        atomic_write_bytes(self.path, sink.getvalue().to_pybytes())
+        write_table(self.path, table)
 
 
 def digest(*parts) -> str:
@@ -115,6 +112,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_table(path: Path, table) -> None:
+    """A pyarrow Table as parquet, written atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 def save_npz(path: Path, arrays: dict, info: dict) -> None:
@@ -330,7 +337,5 @@ class StepCache:
         if changed or set(indexed) != set(wanted):
             keys = sorted(wanted)
             table = pa.table({"key": keys, "hash": [wanted[k] for k in keys], "info": [texts[k] for k in keys]})
-            sink = pa.BufferOutputStream()
-            pq.write_table(table, sink)
-            atomic_write_bytes(self.index_path, sink.getvalue().to_pybytes())
+            write_table(self.index_path, table)
         return out

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from preprocess.cache import atomic_write_bytes, digest
+from preprocess.cache import digest, write_table
 from preprocess.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION, SHARD_NAME,
                                ClipSample, arrow_schema, join_jpegs)
 
@@ -35,9 +35,7 @@ def write_parquet(path: Path, rows: list[dict], columns: dict, metadata: dict | 
     table = pa.Table.from_pylist([{c: r[c] for c in columns} for r in rows], schema=arrow_schema(columns))
     if metadata:
         table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+    write_table(path, table)
 
 
 class ShardWriter:
@@ -78,7 +76,7 @@ class ShardWriter:
 def clip_sample(clip, faces: dict, region: dict, region_info: dict, swaps: dict, swap_info: dict) -> ClipSample:
     meta = {"schema": SCHEMA_VERSION, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
             "source": clip.rel, "region_descriptor": region_info["descriptor"], "donors": swap_info["donors"],
-            "swaps_per_frame": swap_info.get("swaps_per_frame", 1)}
+            "swaps_per_frame": swap_info["swaps_per_frame"]}
     jpegs = {name: (faces[f"{name}_blob"], faces[f"{name}_idx"]) for name in ("faces", "eyes", "mouth")}
     jpegs["swaps"] = (swaps["swaps_blob"], swaps["swaps_idx"])
     return ClipSample(key=clip.key, meta=meta, time=faces["time"], source_frame=faces["source_frame"],
@@ -109,7 +107,8 @@ def _previous(out: Path, pack_options: str):
     return table
 
 
-def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: list, infos: dict) -> dict:
+def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: list, infos: dict,
+         swap_infos: dict) -> dict:
     """Write the shards, the manifest and the rejects table. Incremental: the shards of the previous packing
     whose clips are all unchanged are kept as they are; clips that are new or changed, and the unchanged clips
     that shared a shard with a changed or removed one, are written to new shards; then the manifest is
@@ -151,7 +150,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
             n = len(faces["time"])
             blob, idx = join_jpegs([b""] * n)
             swaps = {"swaps_blob": blob, "swaps_idx": idx}
-            swap_info = {"donors": [""] * n, "rejects": []}
+            swap_info = {"donors": [""] * n, "rejects": [], "swaps_per_frame": 1}
         whole = clip_sample(clip, faces, region, region_info, swaps, swap_info)
         first = 0
         for sample in whole.windows(cfg.window_s):
@@ -178,7 +177,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     shards = sorted(set(manifest.column("shard").to_pylist()))
     region_descriptor, region_dim = "", 0
     if clips:
-        region_info = caches["region"].infos({clips[0].key: plan.region[clips[0].key]})[clips[0].key]
+        region_info = caches["region"].load(clips[0].key, plan.region[clips[0].key])[1]
         region_descriptor, region_dim = region_info["descriptor"], int(region_info["dim"])
     metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": pack_hash, "pack_options": pack_options,
                 "shards": len(shards), "bytes": sum((out / s).stat().st_size for s in shards),
@@ -190,7 +189,6 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     rejects = list(discover_rejects)
     for c in plan.clips:
         rejects.extend(infos[c.key]["rejects"])
-    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in clips if plan.faceswap[c.key]})
     for key, info in swap_infos.items():
         rejects.extend({**r, "source": rels[key]} for r in info["rejects"])
     write_parquet(out / REJECTS, [{**r, "frame": int(r["frame"]), "timestamp": float(r["timestamp"])}
@@ -201,12 +199,6 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
             stale.unlink()
     return {"shards": len(shards), "shards_written": len(writer.written), "shards_kept": len(named) -
             len(writer.written), "clips_written": len(todo), "bytes": metadata["bytes"], "frames": manifest.num_rows}
-
-
-def write_table(path: Path, table) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
 # options that may differ between the parts of one run (they do not change what a part writes)

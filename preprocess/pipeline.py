@@ -14,7 +14,7 @@ from preprocess import faceswap as fs
 from preprocess.cache import Stamps, StepCache, atomic_write_bytes, digest, load_npz
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, select_part
-from preprocess.faces import run_faces
+from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig
@@ -73,17 +73,15 @@ def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict
         donor, _ = caches["faces"].load(donor_key, plan.faces[donor_key])
         picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
                        decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"],
-                                           j * info.get("swaps_per_frame", 1))),
+                                           j * info["swaps_per_frame"])),
                        decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
     if picked:
         fs.contact_sheet(picked, path)
 
 
-def failed_info(clip: Clip, step: str, reason: str) -> dict:
-    """The info of a clip whose job failed outright (not cached: the next run tries it again)."""
-    return {"sampled": 0, "kept": 0, "drops": {}, "failed": True,
-            "rejects": [{"source": clip.rel, "key": clip.key, "frame": -1, "timestamp": -1.0, "step": step,
-                         "reason": reason}]}
+def failed_info(clip: Clip, reason: str) -> dict:
+    """The faces info of a clip whose job failed outright (not cached: the next run tries it again)."""
+    return {"sampled": 0, "kept": 0, "drops": {}, "failed": True, "rejects": [reject(clip, "faces", reason)]}
 
 
 def _faces_job(args):
@@ -215,7 +213,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     t = time.perf_counter()
     todo = [c for c in clips if not caches["faces"].has(c.key, plan.faces[c.key])]
     jobs = [(c, cfg, cache_root, plan.faces[c.key]) for c in todo]
-    crashed = {job[0].key: failed_info(job[0], "faces", r.reason)
+    crashed = {job[0].key: failed_info(job[0], r.reason)
                for job, r in _run_jobs(_faces_job, jobs, cfg, "faces", lambda info: info["sampled"],
                                        cache_root / "logs")
                if isinstance(r, Failure)}
@@ -239,7 +237,6 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
 
     # faceswap: composites with donors of other speakers
     t = time.perf_counter()
-    made = 0
     if cfg.faceswap:
         donors = fs.choose_donor_clips([(c.key, c.speaker) for c in usable], cfg.swap_seed, cfg.swap_tries)
         for c in usable:
@@ -253,11 +250,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
                                cache_root / "logs"):
             if isinstance(r, Failure):  # the clip sits out this run (its faces info kept); tried again next time
-                failed = failed_info(by_key[job[0]], "faceswap", r.reason)
                 infos[job[0]] = {**infos[job[0]], "failed": True,
-                                 "rejects": infos[job[0]]["rejects"] + failed["rejects"]}
-            else:
-                made += r["made"]
+                                 "rejects": infos[job[0]]["rejects"] + [reject(by_key[job[0]], "faceswap", r.reason)]}
         usable = [c for c in usable if not infos[c.key]["failed"]]
         work["faceswap"] = len(todo)
         if todo:
@@ -267,6 +261,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     else:
         plan.faceswap = {c.key: "" for c in usable}  # no composites: every frame's swap is empty
         work["faceswap"] = 0
+    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable if plan.faceswap[c.key]})
     timings["faceswap"] = time.perf_counter() - t
 
     # pack: shards + manifest
@@ -277,17 +272,17 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         packed = None
         work["pack"] = 0
     else:
-        packed = pack(out, usable, plan, caches, cfg, pack_hash, discover_rejects, infos)
+        packed = pack(out, usable, plan, caches, cfg, pack_hash, discover_rejects, infos, swap_infos)
         work["pack"] = 1
     timings["pack"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_start
 
-    summary = summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, timings, made, packed)
+    summary = summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, packed)
     atomic_write_bytes(out / SUMMARY, json.dumps(summary, indent=2).encode())
     return summary
 
 
-def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, timings, made, packed) -> dict:
+def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, packed) -> dict:
     from preprocess.schema import MANIFEST
 
     drops: dict[str, int] = {}
@@ -296,17 +291,14 @@ def summarize(out, clips, infos, caches, plan, usable, discover_rejects, work, t
             drops[reason] = drops.get(reason, 0) + n
     failed = [(c.rel, next((r["reason"] for r in infos[c.key]["rejects"] if r["frame"] == -1), "?"))
               for c in clips if infos[c.key]["failed"]]
-    swap_made = swap_skipped = 0
-    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable if plan.faceswap[c.key]})
-    for info in swap_infos.values():
-        swap_made += info.get("composites", info["made"])
-        swap_skipped += len(info["donors"]) - info["made"]  # frames without any
+    swap_made = sum(info["composites"] for info in swap_infos.values())
+    swap_skipped = sum(len(info["donors"]) - info["made"] for info in swap_infos.values())  # frames without any
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(out / MANIFEST).metadata if (out / MANIFEST).is_file() else {}
     return {
         "output": str(out),
-        "clips": len(clips), "clips_usable": len(usable), "clips_failed": len(failed),
+        "clips": len(clips), "clips_usable": len(clips) - len(failed), "clips_failed": len(failed),
         "failed": [{"source": s, "reason": r} for s, r in failed],
         "unplaced_files": len(discover_rejects),
         "frames_sampled": sum(i["sampled"] for i in infos.values()),

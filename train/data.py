@@ -8,7 +8,6 @@ away, with its own positive). Everything random in a step comes from (seed, step
 made again exactly: resuming needs only the step number."""
 from __future__ import annotations
 
-import io
 import tarfile
 import warnings
 from collections import OrderedDict
