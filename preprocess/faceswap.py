@@ -4,12 +4,13 @@ speaker, giving a positive that keeps the expression and changes the identity (p
 Unlike the authors' code (see shared notes) the mask is feathered, values are clipped before the cast to
 uint8, and everything stays RGB. Donors: the `swap_tries` clips of other speakers that follow the clip's
 seeded point on a hash ring of all clips (consistent hashing: O(log N + swap_tries) per clip, and adding clips
-to the corpus changes few existing choices); one seeded random frame of each is tried and the best-fitting one
-kept."""
+to the corpus changes few existing choices), kept from run to run while they stay valid (sticky_donors: then
+adding clips changes none); one seeded random frame of each is tried and the best-fitting ones kept."""
 from __future__ import annotations
 
 import bisect
 import hashlib
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -42,6 +43,50 @@ def choose_donor_clips(clips: list[tuple[str, str]], seed: int, k: int) -> dict[
                     break
         donors[key] = chosen
     return donors
+
+
+def sticky_donor_clips(clips: list[tuple[str, str]], previous: dict[str, list[str]], seed: int,
+                       k: int) -> dict[str, list[str]]:
+    """choose_donor_clips, except that a clip keeps its previous donors while each is still among `clips` (with
+    another speaker) and the ring would not give it more: adding clips changes no existing clip's donors (a
+    history-free choice cannot do that: the new clips must become donors of ~k existing clips each), and
+    removing a clip changes only the donors of the clips it served."""
+    fresh = choose_donor_clips(clips, seed, k)
+    speaker = dict(clips)
+    out = {}
+    for key, own in clips:
+        prev = previous.get(key)
+        valid = prev is not None and len(prev) == len(fresh[key]) and \
+            all(d in speaker and speaker[d] != own for d in prev)
+        out[key] = prev if valid else fresh[key]
+    return out
+
+
+def read_donor_table(path: Path, seed: int, k: int) -> dict[str, list[str]]:
+    """The donors of the previous run (key -> donor keys), if it used this seed and k; else {}."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return {}
+    try:
+        t = pq.read_table(path)
+        meta = t.schema.metadata or {}
+        if meta.get(b"seed") != str(seed).encode() or meta.get(b"k") != str(k).encode():
+            return {}
+        return dict(zip(t.column("key").to_pylist(), t.column("donors").to_pylist()))
+    except Exception:  # noqa: BLE001 - a damaged table: donors are chosen afresh
+        return {}
+
+
+def write_donor_table(path: Path, donors: dict[str, list[str]], seed: int, k: int) -> None:
+    import pyarrow as pa
+
+    from preprocess.cache import write_table
+
+    keys = sorted(donors)
+    table = pa.table({"key": pa.array(keys, pa.string()),
+                      "donors": pa.array([donors[key] for key in keys], pa.list_(pa.string()))})
+    write_table(path, table.replace_schema_metadata({"seed": str(seed), "k": str(k)}))
 
 
 def donor_frame(seed: int, key: str, frame: int, donor: str, n_donor_frames: int) -> int:

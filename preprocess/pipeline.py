@@ -238,7 +238,13 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     # faceswap: composites with donors of other speakers
     t = time.perf_counter()
     if cfg.faceswap:
-        donors = fs.choose_donor_clips([(c.key, c.speaker) for c in usable], cfg.swap_seed, cfg.swap_tries)
+        candidates = [(c.key, c.speaker) for c in usable]
+        donor_table = cache_root / f"donors-{cfg.part.replace('/', '-of-')}.parquet"
+        previous = fs.read_donor_table(donor_table, cfg.swap_seed, cfg.swap_tries)
+        donors = fs.sticky_donor_clips(candidates, previous if cfg.sticky_donors else {}, cfg.swap_seed,
+                                       cfg.swap_tries)
+        if donors != previous:
+            fs.write_donor_table(donor_table, donors, cfg.swap_seed, cfg.swap_tries)
         for c in usable:
             plan.donors[c.key] = donors[c.key]
             plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],

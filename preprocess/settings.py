@@ -39,6 +39,11 @@ class ShardsConfig:
     faceswap: bool = option(True, "precompute FaceSwap composites", "faceswap")
     swap_seed: int = option(0, "seed of the donor choice", "faceswap")
     swap_tries: int = option(5, "donor frames tried per frame before the composite is skipped", "faceswap")
+    sticky_donors: bool = option(True, "a clip keeps its FaceSwap donors from run to run while they stay in the "
+                                       "corpus, so adding clips rewrites no existing shard (donors then depend on "
+                                       "the order clips came in; the manifest's swap_donor records them); false: "
+                                       "chosen from the current corpus alone, which changes the donors of "
+                                       "~swap_tries existing clips per clip added")
     swaps_per_frame: int = option(2, "composites stored per frame, each with another of the best-fitting donors "
                                       "(the trainer picks one at random: a positive's identity varies across "
                                       "epochs)", "faceswap")

@@ -126,23 +126,52 @@ def test_faceswap_change_reruns_only_faceswap_and_pack(good_corpus, tmp_path):
     read_manifest(shards)
 
 
-def test_adding_clips_processes_only_the_new_ones(good_corpus, tmp_path, photos):
+def test_adding_clips_processes_and_writes_only_the_new_ones(good_corpus, tmp_path, photos):
+    """Sticky donors: adding a clip redoes FaceSwap for it alone and writes one shard; removing a clip redoes
+    FaceSwap only for the clips it was a donor of, and rewrites only their shards."""
+    from preprocess import faceswap as fs
+
     corpus = tmp_path / "corpus"
     shutil.copytree(good_corpus, corpus)
     shards = tmp_path / "s"
-    build(corpus, shards)
-    synthetic.make_clip(corpus / "id00009" / "new" / "00001.mp4", photos["hopper"], seed=42, hue_shift=60)
-    summary = build(corpus, shards)
-    assert summary["work_done"]["faces"] == 1 and summary["work_done"]["pack"] == 1
-    samples = read_samples(shards)
-    new = [s for s in samples if s.meta["speaker"] == "id00009"]
-    assert len(new) == 1 and summary["work_done"]["region"] == len(new[0])
-    # FaceSwap reruns for the new clip and for the clips whose donor list now holds it (hash ring)
-    from preprocess import faceswap as fs
+    options = ("swap_tries=2", "shard_max_mb=0.000001")  # two donors each; one clip per shard
+    build(corpus, shards, *options)
+    stamp = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.tar")}
+    planned = lambda: fs.read_donor_table(shards / ".cache" / "donors-0-of-1.parquet", 0, 2)
+    used = lambda: {s.key: {d.rsplit("/", 1)[0] for ds in s.meta["donors"] for d in ds.split(";") if d}
+                    for s in read_samples(shards)}
+    before, donors_before = stamp(), planned()
+    assert len(donors_before) == 4 and all(used()[k] <= set(ds) for k, ds in donors_before.items())
 
-    donors = fs.choose_donor_clips([(s.key, s.meta["speaker"]) for s in samples], 0, 5)
-    gained = [k for k in donors if k != new[0].key and new[0].key in donors[k]]
-    assert summary["work_done"]["faceswap"] == 1 + len(gained)
+    synthetic.make_clip(corpus / "id00009" / "new" / "00001.mp4", photos["hopper"], seed=42, hue_shift=60)
+    summary = build(corpus, shards, *options)
+    new = [s for s in read_samples(shards) if s.meta["speaker"] == "id00009"]
+    assert len(new) == 1 and summary["work_done"]["region"] == len(new[0])
+    assert {k: summary["work_done"][k] for k in ("faces", "faceswap", "pack")} == {"faces": 1, "faceswap": 1,
+                                                                                  "pack": 1}
+    assert summary["pack"]["shards_written"] == 1 and summary["pack"]["shards_kept"] == 4
+    after = stamp()
+    assert {k: after[k] for k in before} == before  # no existing shard touched
+    donors_after = planned()
+    assert {k: donors_after[k] for k in donors_before} == donors_before and len(donors_after[new[0].key]) == 2
+
+    gone = next(k for k in donors_before if any(k in ds for ds in donors_before.values()))
+    served = {k for k, ds in donors_after.items() if gone in ds}
+    source = next(s.meta["source"] for s in read_samples(shards) if s.key == gone)
+    (corpus / source).unlink()
+    summary = build(corpus, shards, *options)
+    assert summary["work_done"]["faceswap"] == summary["pack"]["shards_written"] == len(served)
+    donors_now = planned()
+    assert gone not in donors_now and all(gone not in ds for ds in donors_now.values())
+    assert {k: ds for k, ds in donors_now.items() if k not in served} == \
+        {k: ds for k, ds in donors_after.items() if k not in served and k != gone}
+    assert not any(gone in ds for ds in used().values())
+
+    fresh = tmp_path / "fresh"  # sticky_donors=false: the choice from the current corpus alone
+    build(corpus, fresh, *options, "sticky_donors=false")
+    samples = read_samples(fresh)
+    assert fs.read_donor_table(fresh / ".cache" / "donors-0-of-1.parquet", 0, 2) == \
+        fs.choose_donor_clips([(s.key, s.meta["speaker"]) for s in samples], 0, 2)
 
 
 def test_killed_run_resumes_without_duplicates_or_losses(good_corpus, tmp_path, built):

@@ -134,3 +134,60 @@ def test_npy_array_reads_and_writes_like_numpy(tmp_path):
     assert np.array_equal(pickle.loads(pickle.dumps(a))[[1, 2]], expected[[1, 2]])  # reopened by path
     with pytest.raises(ValueError):
         NpyArray(tmp_path / "a.npy", writable=True).write(45, expected[:10])
+
+
+def _donor_corpus(n: int, speakers: int, offset: int = 0) -> list[tuple[str, str]]:
+    return [(f"id{i % speakers:03d}-clip{i:05d}", f"id{i % speakers:03d}") for i in range(offset, offset + n)]
+
+
+def test_donors_are_k_clips_of_other_speakers_and_few_change_when_clips_are_added():
+    from preprocess.faceswap import choose_donor_clips
+
+    clips = _donor_corpus(2000, 40)
+    speaker = dict(clips)
+    donors = choose_donor_clips(clips, 0, 5)
+    assert all(len(set(ds)) == 5 and all(speaker[d] != speaker[k] for d in ds) for k, ds in donors.items())
+    used = np.bincount([int(d[-5:]) for ds in donors.values() for d in ds], minlength=2000)
+    assert used.mean() == 5 and used.max() <= 40  # every clip serves ~k others: no donor hoards the ring
+    grown = choose_donor_clips(clips + _donor_corpus(20, 40, offset=2000), 0, 5)
+    changed = sum(grown[k] != donors[k] for k in donors) / len(donors)
+    assert 0.01 < changed < 0.1  # ~k per added clip (1%): consistent hashing, not a reshuffle
+    assert choose_donor_clips(clips, 1, 5) != donors  # the seed matters
+
+
+def test_sticky_donors_keep_existing_choices_and_replace_only_removed_donors():
+    from preprocess.faceswap import choose_donor_clips, sticky_donor_clips
+
+    clips = _donor_corpus(2000, 40)
+    first = sticky_donor_clips(clips, {}, 0, 5)
+    assert first == choose_donor_clips(clips, 0, 5)  # nothing remembered: the history-free choice
+
+    added = _donor_corpus(20, 40, offset=2000)
+    grown = sticky_donor_clips(clips + added, first, 0, 5)
+    assert all(grown[k] == first[k] for k in first)  # no existing clip changes donors
+    assert all(len(grown[k]) == 5 for k, _ in added)
+
+    removed = {k for k, _ in clips[::100]}
+    kept = [c for c in clips if c[0] not in removed]
+    shrunk = sticky_donor_clips(kept, first, 0, 5)
+    served = {k for k, _ in kept if removed & set(first[k])}
+    assert served and {k for k, _ in kept if shrunk[k] != first[k]} == served  # only the clips they served
+    fresh = choose_donor_clips(kept, 0, 5)
+    assert all(shrunk[k] == fresh[k] for k in served)
+
+    one_speaker = [("a-1", "a"), ("a-2", "a")]  # no donor possible, then one appears: the clips get it
+    none = sticky_donor_clips(one_speaker, {}, 0, 5)
+    assert none == {"a-1": [], "a-2": []}
+    assert sticky_donor_clips(one_speaker + [("b-1", "b")], none, 0, 5)["a-1"] == ["b-1"]
+
+
+def test_donor_table_round_trip_and_option_change(tmp_path):
+    from preprocess.faceswap import read_donor_table, write_donor_table
+
+    donors = {"a-1": ["b-1", "c-1"], "b-1": ["a-1"], "c-1": []}
+    path = tmp_path / "donors.parquet"
+    write_donor_table(path, donors, seed=3, k=2)
+    assert read_donor_table(path, 3, 2) == donors
+    assert read_donor_table(path, 4, 2) == {} and read_donor_table(path, 3, 5) == {}  # other options: afresh
+    path.write_bytes(b"damaged")
+    assert read_donor_table(path, 3, 2) == {}
