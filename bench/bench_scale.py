@@ -78,7 +78,7 @@ def simulated_build(data: str, shards: str) -> None:
         n = len(arrays["time"])
         blob, idx = join_jpegs([b""] * n)
         return ({"swaps_blob": blob, "swaps_idx": idx, "misfit": np.full(n, np.nan, np.float32)},
-                {"donors": [""] * n, "made": 0, "rejects": []})
+                {"donors": [""] * n, "made": 0, "composites": 0, "swaps_per_frame": 1, "rejects": []})
 
     pipeline.run_faces, pipeline.make_swaps = faces, swaps
     cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks"])

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -276,6 +277,35 @@ def load_npz(path: Path) -> tuple[dict, dict]:
     return arrays, info
 
 
+class NpzArrays(Mapping):
+    """The arrays of a step output, each read on first access: a step that needs a few of a file's arrays
+    (FaceSwap: a donor's landmarks, and its faces only if it fits) reads only those. Close it, or use `with`."""
+
+    def __init__(self, path: Path):
+        self._file = np.load(path, allow_pickle=False)
+        self._read: dict[str, np.ndarray] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._read:
+            self._read[name] = self._file[name]
+        return self._read[name]
+
+    def __iter__(self):
+        return (name for name in self._file.files if name != "_info")
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 class StepCache:
     """One folder per step; one file per clip and input hash. `infos()` reads many outputs' info records from
     an index kept beside them (one table per part of a split run), so a rerun opens no output file."""
@@ -310,6 +340,9 @@ class StepCache:
 
     def load(self, key: str, h: str) -> tuple[dict, dict]:
         return load_npz(self.path(key, h))
+
+    def open(self, key: str, h: str) -> NpzArrays:
+        return NpzArrays(self.path(key, h))
 
     def infos(self, wanted: dict[str, str]) -> dict[str, dict]:
         """key -> info of the output (key, hash) for every key in wanted (all must exist): from the index where

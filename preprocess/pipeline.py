@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from preprocess import faceswap as fs
-from preprocess.cache import Stamps, StepCache, atomic_write_bytes, digest, load_npz
+from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, select_part
 from preprocess.faces import reject, run_faces
@@ -69,12 +70,12 @@ def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict
             continue
         j = made[rng.integers(len(made))]
         donor_key, donor_frame = info["donors"][j].split(";")[0].rsplit("/", 1)
-        faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
-        donor, _ = caches["faces"].load(donor_key, plan.faces[donor_key])
-        picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
-                       decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"],
-                                           j * info["swaps_per_frame"])),
-                       decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
+        with caches["faces"].open(clip.key, plan.faces[clip.key]) as faces, \
+                caches["faces"].open(donor_key, plan.faces[donor_key]) as donor:
+            picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
+                           decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"],
+                                               j * info["swaps_per_frame"])),
+                           decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
     if picked:
         fs.contact_sheet(picked, path)
 
@@ -93,9 +94,10 @@ def _faces_job(args):
 
 def _swap_job(args):
     key, h, cfg, cache_root, face_path, donor_paths = args
-    arrays, _ = load_npz(face_path)
-    donors = {d: load_npz(p)[0] for d, p in donor_paths.items()}
-    out, info = make_swaps(key, arrays, donors, cfg)
+    with ExitStack() as files:
+        arrays = files.enter_context(NpzArrays(face_path))
+        donors = {d: files.enter_context(NpzArrays(p)) for d, p in donor_paths.items()}
+        out, info = make_swaps(key, arrays, donors, cfg)
     StepCache(cache_root, "faceswap").save(key, h, out, info)
     return info
 
@@ -159,14 +161,14 @@ def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict)
     t0 = time.perf_counter()
     with tqdm(total=len(todo), desc="region", unit="clip", dynamic_ncols=True) as bar:
         for clip in todo:
-            arrays, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
-            if encoder is None:
-                region = landmark_descriptor(arrays["landmarks"])
-            else:
-                eyes, mouths = np.stack(_images(arrays, "eyes")), np.stack(_images(arrays, "mouth"))
-                bs = max(1, cfg.region_batch_size // 2)
-                region = np.concatenate([encoder(eyes[i:i + bs], mouths[i:i + bs])
-                                         for i in range(0, len(eyes), bs)])
+            with caches["faces"].open(clip.key, plan.faces[clip.key]) as arrays:
+                if encoder is None:
+                    region = landmark_descriptor(arrays["landmarks"])
+                else:
+                    eyes, mouths = np.stack(_images(arrays, "eyes")), np.stack(_images(arrays, "mouth"))
+                    bs = max(1, cfg.region_batch_size // 2)
+                    region = np.concatenate([encoder(eyes[i:i + bs], mouths[i:i + bs])
+                                             for i in range(0, len(eyes), bs)])
             caches["region"].save(clip.key, plan.region[clip.key], {"region": region},
                                   {"descriptor": cfg.region_descriptor, "dim": int(region.shape[1])})
             done += len(region)
