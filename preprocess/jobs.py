@@ -74,6 +74,7 @@ def _worker(fn, conn, log_dir, parent) -> None:
         os.dup2(fd, 2)
         os.close(fd)
     pin_threads()
+    conn.send(_READY)
     while True:
         try:
             msg = conn.recv()
@@ -87,6 +88,10 @@ def _worker(fn, conn, log_dir, parent) -> None:
         except Exception as e:  # noqa: BLE001 - any failure of one job is that job's reject reason
             result = (i, False, f"{type(e).__name__}: {e}")
         conn.send(result)
+
+
+_READY = (-1, True, None)  # a worker's first message: it started (a death before it is not the job's fault)
+_START_FAILURES = 3  # workers in a row that die while starting: the environment is broken, not a clip
 
 
 class _Slot:
@@ -106,6 +111,7 @@ class _Slot:
         child.close()
         self.job: int | None = None
         self.started = 0.0
+        self.ready = False
 
     def give(self, i: int, job) -> bool:
         """False when the worker died while idle (the job was not handed over)."""
@@ -144,7 +150,7 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
     ctx = mp.get_context("spawn")
     pending = deque(range(len(jobs)))
     slots = [_Slot(ctx, fn, log_dir) for _ in range(min(workers, len(jobs)))]
-    handover_failures = 0
+    handover_failures = start_failures = 0
     try:
         while pending or any(s.job is not None for s in slots):
             for k, s in enumerate(slots):
@@ -169,23 +175,34 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
                 if s.job is None:
                     continue
                 failure = None
-                if s.conn in ready or s.conn.poll():
-                    try:
+                try:
+                    while s.job is not None and s.conn.poll():
                         i, ok, value = s.conn.recv()
-                    except (EOFError, OSError):
-                        failure = f"worker process died ({_describe_exit(_exit_code(s))})"
-                    else:
+                        if i == _READY[0]:
+                            s.ready, start_failures = True, 0
+                            continue
                         s.job = None
                         finished.append((jobs[i], value if ok else Failure(value)))
-                        continue
-                elif s.proc.sentinel in ready or not s.proc.is_alive():
+                except (EOFError, OSError):
                     failure = f"worker process died ({_describe_exit(_exit_code(s))})"
-                elif timeout_s > 0 and time.monotonic() - s.started >= timeout_s:
+                if s.job is None:
+                    continue
+                if not failure and (s.proc.sentinel in ready or not s.proc.is_alive()):
+                    failure = f"worker process died ({_describe_exit(_exit_code(s))})"
+                elif not failure and timeout_s > 0 and time.monotonic() - s.started >= timeout_s:
                     failure = f"timed out after {timeout_s:g} s"
                 if failure:
                     i = s.job
                     s.stop()
                     slots[k] = _Slot(ctx, fn, log_dir)
+                    if not s.ready:  # died while starting: the job goes back in line
+                        start_failures += 1
+                        if start_failures >= _START_FAILURES:
+                            raise RuntimeError(f"{start_failures} worker processes in a row died while starting "
+                                               f"({failure.removeprefix('worker process died ')}): see the "
+                                               f"messages above{' and ' + log_dir if log_dir else ''}")
+                        pending.appendleft(i)
+                        continue
                     finished.append((jobs[i], Failure(failure)))
             yield from finished
     finally:

@@ -73,6 +73,19 @@ def test_a_worker_that_dies_while_idle_is_replaced_and_loses_no_job():
     assert sorted(map(str, results)) == sorted(map(str, [("exit_soon", "ok"), (1, 2), (2, 4)]))
 
 
+def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(tmp_path, monkeypatch):
+    """A broken environment (here: the job's module fails to import in a worker) is one clear error, not a
+    reject for every clip."""
+    (tmp_path / "parent_only.py").write_text(
+        f"import os\nif os.getpid() != {os.getpid()}:\n    raise ImportError('not in a worker')\n"
+        "def double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import parent_only
+
+    with pytest.raises(RuntimeError, match="3 worker processes in a row died while starting"):
+        list(run_jobs(parent_only.double, list(range(20)), workers=2, timeout_s=30))
+
+
 def test_in_process_jobs_turn_exceptions_into_failures():
     results = dict(run_jobs(_job, [1, "raise"], workers=0))
     assert results[1] == 2 and results["raise"].reason == "ValueError: bad clip"
