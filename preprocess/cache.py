@@ -286,6 +286,8 @@ class NpzArrays(Mapping):
         self._read: dict[str, np.ndarray] = {}
 
     def __getitem__(self, name: str) -> np.ndarray:
+        if name == "_info":
+            raise KeyError(name)
         if name not in self._read:
             self._read[name] = self._file[name]
         return self._read[name]

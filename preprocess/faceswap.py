@@ -45,21 +45,30 @@ def choose_donor_clips(clips: list[tuple[str, str]], seed: int, k: int) -> dict[
     return donors
 
 
-def sticky_donor_clips(clips: list[tuple[str, str]], previous: dict[str, list[str]], seed: int,
-                       k: int) -> dict[str, list[str]]:
-    """choose_donor_clips, except that a clip keeps its previous donors while each is still among `clips` (with
-    another speaker) and the ring would not give it more: adding clips changes no existing clip's donors (a
-    history-free choice cannot do that: the new clips must become donors of ~k existing clips each), and
-    removing a clip changes only the donors of the clips it served."""
+def sticky_donor_clips(clips: list[tuple[str, str]], previous: dict[str, list[str]], seed: int, k: int,
+                       corpus: set[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """choose_donor_clips for the usable `clips`, except that a clip keeps its remembered (`previous`) donors
+    while each is still usable (in `clips`) and the ring would not give it more: adding clips changes no existing
+    clip's donors (a history-free choice cannot do that: the new clips must become donors of ~k existing clips
+    each), and removing a clip changes only the donors of the clips it served.
+
+    Returns (donors for this run, donors to remember). What is remembered outlives one run's accidents: a clip
+    of the corpus (`corpus`: every key this run could have processed) that is not usable this run (its job
+    failed, max_clips left it out) keeps its entry, and a clip whose remembered donors are all still in the
+    corpus, only not all usable this run, gets the ring's choice for this run and keeps its remembered ones."""
     fresh = choose_donor_clips(clips, seed, k)
     speaker = dict(clips)
-    out = {}
+    used, remembered = {}, {key: ds for key, ds in previous.items() if key in corpus and key not in speaker}
     for key, own in clips:
         prev = previous.get(key)
-        valid = prev is not None and len(prev) == len(fresh[key]) and \
-            all(d in speaker and speaker[d] != own for d in prev)
-        out[key] = prev if valid else fresh[key]
-    return out
+        if prev is not None and len(prev) == len(fresh[key]) and all(d in speaker and speaker[d] != own
+                                                                      for d in prev):
+            used[key] = remembered[key] = prev
+        else:
+            used[key] = fresh[key]
+            in_corpus = prev is not None and len(prev) == len(fresh[key]) and all(d in corpus for d in prev)
+            remembered[key] = prev if in_corpus else fresh[key]
+    return used, remembered
 
 
 def read_donor_table(path: Path, seed: int, k: int) -> dict[str, list[str]]:

@@ -92,6 +92,7 @@ def _worker(fn, conn, log_dir, parent) -> None:
 
 _READY = (-1, True, None)  # a worker's first message: it started (a death before it is not the job's fault)
 _START_FAILURES = 3  # workers in a row that die while starting: the environment is broken, not a clip
+_START_TIMEOUT_S = 300.0  # a worker not started by then counts as dead while starting (a clip's time starts after)
 
 
 class _Slot:
@@ -166,9 +167,7 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
                         raise RuntimeError("worker processes die before taking a job: see the log folder")
                     pending.appendleft(i)
             busy = [s for s in slots if s.job is not None]
-            limit = None
-            if timeout_s > 0:
-                limit = max(0.0, min(s.started + timeout_s for s in busy) - time.monotonic())
+            limit = _time_left(busy, timeout_s)
             ready = wait([s.conn for s in busy] + [s.proc.sentinel for s in busy], timeout=limit)
             finished = []  # yielded after the scan: time the caller holds a result never counts against a job
             for k, s in enumerate(slots):
@@ -179,7 +178,7 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
                     while s.job is not None and s.conn.poll():
                         i, ok, value = s.conn.recv()
                         if i == _READY[0]:
-                            s.ready, start_failures = True, 0
+                            s.ready, s.started, start_failures = True, time.monotonic(), 0
                             continue
                         s.job = None
                         finished.append((jobs[i], value if ok else Failure(value)))
@@ -189,21 +188,23 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
                     continue
                 if not failure and (s.proc.sentinel in ready or not s.proc.is_alive()):
                     failure = f"worker process died ({_describe_exit(_exit_code(s))})"
-                elif not failure and timeout_s > 0 and time.monotonic() - s.started >= timeout_s:
-                    failure = f"timed out after {timeout_s:g} s"
+                elif not failure and _time_left([s], timeout_s) == 0:
+                    failure = f"timed out after {timeout_s:g} s" if s.ready else \
+                        f"worker process died (not started after {_START_TIMEOUT_S:g} s)"
                 if failure:
                     i = s.job
                     s.stop()
-                    slots[k] = _Slot(ctx, fn, log_dir)
                     if not s.ready:  # died while starting: the job goes back in line
                         start_failures += 1
                         if start_failures >= _START_FAILURES:
+                            last = failure.removeprefix("worker process died (").removesuffix(")")
                             raise RuntimeError(f"{start_failures} worker processes in a row died while starting "
-                                               f"({failure.removeprefix('worker process died ')}): see the "
-                                               f"messages above{' and ' + log_dir if log_dir else ''}")
+                                               f"(the last: {last}): see the messages above"
+                                               f"{' and ' + log_dir if log_dir else ''}")
                         pending.appendleft(i)
-                        continue
-                    finished.append((jobs[i], Failure(failure)))
+                    else:
+                        finished.append((jobs[i], Failure(failure)))
+                    slots[k] = _Slot(ctx, fn, log_dir)
             yield from finished
     finally:
         for s in slots:
@@ -216,6 +217,13 @@ def run_jobs(fn: Callable, jobs: list, workers: int, timeout_s: float = 0.0,
             s.proc.join(max(0.0, deadline - time.monotonic()))
         for s in slots:
             s.stop()
+
+
+def _time_left(busy: list[_Slot], timeout_s: float) -> float | None:
+    """Seconds until the first of these workers runs out of time (its start-up, then its job); None: no limit."""
+    deadlines = [s.started + (timeout_s if s.ready else _START_TIMEOUT_S) for s in busy
+                 if timeout_s > 0 or not s.ready]
+    return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
 
 def _exit_code(slot: _Slot) -> int | None:

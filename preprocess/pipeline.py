@@ -53,6 +53,7 @@ def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_di
 
 
 SWAP_SHEET = "faceswap-sheet.png"
+DONOR_TABLE = "faceswap-donors.parquet"  # each clip's donor clips, kept from run to run (sticky_donors)
 
 
 def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, seed: int,
@@ -198,9 +199,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         raise ValueError(f"region_descriptor={cfg.region_descriptor!r}: expected resnet18 or landmarks")
     t = time.perf_counter()
     all_clips, discover_rejects = find_clips(data, cfg.layout, cfg.meta_csv)
-    clips = select_part(all_clips, cfg.part)
-    if cfg.max_clips:
-        clips = clips[:cfg.max_clips]
+    part_clips = select_part(all_clips, cfg.part)
+    clips = part_clips[:cfg.max_clips] if cfg.max_clips else part_clips
     plan = Plan(clips)
     opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
     stamps = Stamps(cache_root / f"stamps-{cfg.part.replace('/', '-of-')}.parquet")
@@ -240,13 +240,12 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     # faceswap: composites with donors of other speakers
     t = time.perf_counter()
     if cfg.faceswap:
-        candidates = [(c.key, c.speaker) for c in usable]
-        donor_table = cache_root / f"donors-{cfg.part.replace('/', '-of-')}.parquet"
-        previous = fs.read_donor_table(donor_table, cfg.swap_seed, cfg.swap_tries)
-        donors = fs.sticky_donor_clips(candidates, previous if cfg.sticky_donors else {}, cfg.swap_seed,
-                                       cfg.swap_tries)
-        if donors != previous:
-            fs.write_donor_table(donor_table, donors, cfg.swap_seed, cfg.swap_tries)
+        previous = fs.read_donor_table(out / DONOR_TABLE, cfg.swap_seed, cfg.swap_tries)
+        donors, remembered = fs.sticky_donor_clips([(c.key, c.speaker) for c in usable],
+                                                   previous if cfg.sticky_donors else {}, cfg.swap_seed,
+                                                   cfg.swap_tries, corpus={c.key for c in part_clips})
+        if remembered != previous:
+            fs.write_donor_table(out / DONOR_TABLE, remembered, cfg.swap_seed, cfg.swap_tries)
         for c in usable:
             plan.donors[c.key] = donors[c.key]
             plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],

@@ -4,6 +4,7 @@ import io
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -73,16 +74,22 @@ def test_a_worker_that_dies_while_idle_is_replaced_and_loses_no_job():
     assert sorted(map(str, results)) == sorted(map(str, [("exit_soon", "ok"), (1, 2), (2, 4)]))
 
 
-def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(tmp_path, monkeypatch):
-    """A broken environment (here: the job's module fails to import in a worker) is one clear error, not a
-    reject for every clip."""
+@pytest.mark.parametrize("in_worker,reason", [("raise ImportError('not in a worker')", "exit code 1"),
+                                               ("time.sleep(60)", "not started after 2 s")])
+def test_workers_that_cannot_start_stop_the_run_instead_of_failing_every_job(tmp_path, monkeypatch, in_worker,
+                                                                             reason):
+    """A broken environment (the job's module fails to import in a worker, or hangs there) is one clear error,
+    not a reject for every clip; a slow start does not count against a job's timeout."""
     (tmp_path / "parent_only.py").write_text(
-        f"import os\nif os.getpid() != {os.getpid()}:\n    raise ImportError('not in a worker')\n"
+        f"import os, time\nif os.getpid() != {os.getpid()}:\n    {in_worker}\n"
         "def double(x):\n    return 2 * x\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "parent_only", raising=False)
+    monkeypatch.setattr("preprocess.jobs._START_TIMEOUT_S", 2.0)
     import parent_only
 
-    with pytest.raises(RuntimeError, match="3 worker processes in a row died while starting"):
+    with pytest.raises(RuntimeError, match=f"3 worker processes in a row died while starting \\(the last: "
+                                           f"{reason}\\)"):
         list(run_jobs(parent_only.double, list(range(20)), workers=2, timeout_s=30))
 
 

@@ -137,7 +137,7 @@ def test_adding_clips_processes_and_writes_only_the_new_ones(good_corpus, tmp_pa
     options = ("swap_tries=2", "shard_max_mb=0.000001")  # two donors each; one clip per shard
     build(corpus, shards, *options)
     stamp = lambda: {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in shards.glob("shard-*.tar")}
-    planned = lambda: fs.read_donor_table(shards / ".cache" / "donors-0-of-1.parquet", 0, 2)
+    planned = lambda: fs.read_donor_table(shards / "faceswap-donors.parquet", 0, 2)
     used = lambda: {s.key: {d.rsplit("/", 1)[0] for ds in s.meta["donors"] for d in ds.split(";") if d}
                     for s in read_samples(shards)}
     before, donors_before = stamp(), planned()
@@ -155,6 +155,10 @@ def test_adding_clips_processes_and_writes_only_the_new_ones(good_corpus, tmp_pa
     donors_after = planned()
     assert {k: donors_after[k] for k in donors_before} == donors_before and len(donors_after[new[0].key]) == 2
 
+    build(corpus, shards, *options, "max_clips=2")  # a run that sees only some clips forgets no one's donors
+    summary = build(corpus, shards, *options)
+    assert planned() == donors_after and summary["work_done"]["faceswap"] == 0
+
     gone = next(k for k in donors_before if any(k in ds for ds in donors_before.values()))
     served = {k for k, ds in donors_after.items() if gone in ds}
     source = next(s.meta["source"] for s in read_samples(shards) if s.key == gone)
@@ -170,7 +174,7 @@ def test_adding_clips_processes_and_writes_only_the_new_ones(good_corpus, tmp_pa
     fresh = tmp_path / "fresh"  # sticky_donors=false: the choice from the current corpus alone
     build(corpus, fresh, *options, "sticky_donors=false")
     samples = read_samples(fresh)
-    assert fs.read_donor_table(fresh / ".cache" / "donors-0-of-1.parquet", 0, 2) == \
+    assert fs.read_donor_table(fresh / "faceswap-donors.parquet", 0, 2) == \
         fs.choose_donor_clips([(s.key, s.meta["speaker"]) for s in samples], 0, 2)
 
 

@@ -158,27 +158,36 @@ def test_donors_are_k_clips_of_other_speakers_and_few_change_when_clips_are_adde
 def test_sticky_donors_keep_existing_choices_and_replace_only_removed_donors():
     from preprocess.faceswap import choose_donor_clips, sticky_donor_clips
 
+    def sticky(clips, previous, corpus=None):
+        return sticky_donor_clips(clips, previous, 0, 5, corpus={k for k, _ in corpus or clips})
+
     clips = _donor_corpus(2000, 40)
-    first = sticky_donor_clips(clips, {}, 0, 5)
-    assert first == choose_donor_clips(clips, 0, 5)  # nothing remembered: the history-free choice
+    first, remembered = sticky(clips, {})
+    assert first == remembered == choose_donor_clips(clips, 0, 5)  # nothing remembered: the history-free choice
 
     added = _donor_corpus(20, 40, offset=2000)
-    grown = sticky_donor_clips(clips + added, first, 0, 5)
-    assert all(grown[k] == first[k] for k in first)  # no existing clip changes donors
+    grown, remembered = sticky(clips + added, first)
+    assert all(grown[k] == first[k] for k in first) and remembered == grown  # no existing clip changes donors
     assert all(len(grown[k]) == 5 for k, _ in added)
 
     removed = {k for k, _ in clips[::100]}
     kept = [c for c in clips if c[0] not in removed]
-    shrunk = sticky_donor_clips(kept, first, 0, 5)
+    shrunk, remembered = sticky(kept, first)
     served = {k for k, _ in kept if removed & set(first[k])}
     assert served and {k for k, _ in kept if shrunk[k] != first[k]} == served  # only the clips they served
     fresh = choose_donor_clips(kept, 0, 5)
-    assert all(shrunk[k] == fresh[k] for k in served)
+    assert all(shrunk[k] == fresh[k] for k in served) and remembered == shrunk
+
+    # the same clips unusable for one run only (failed jobs, max_clips): this run works around them, and what
+    # is remembered is unchanged, so the run after that is the same as if nothing had happened
+    used, remembered = sticky(kept, first, corpus=clips)
+    assert used == shrunk and remembered == first
+    assert sticky(clips, remembered) == (first, first)
 
     one_speaker = [("a-1", "a"), ("a-2", "a")]  # no donor possible, then one appears: the clips get it
-    none = sticky_donor_clips(one_speaker, {}, 0, 5)
+    none, _ = sticky(one_speaker, {})
     assert none == {"a-1": [], "a-2": []}
-    assert sticky_donor_clips(one_speaker + [("b-1", "b")], none, 0, 5)["a-1"] == ["b-1"]
+    assert sticky(one_speaker + [("b-1", "b")], none)[0]["a-1"] == ["b-1"]
 
 
 def test_donor_table_round_trip_and_option_change(tmp_path):
