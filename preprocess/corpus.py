@@ -6,6 +6,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv"}
@@ -21,7 +22,7 @@ class Clip:
     video: str
     clip: str
 
-    @property
+    @cached_property
     def key(self) -> str:
         """Unique, stable, WebDataset-safe sample key (no dots): readable part + hash of the path."""
         readable = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.speaker}-{self.video}-{self.clip}")[:80]

@@ -66,7 +66,7 @@ def sticky_donor_clips(clips: list[tuple[str, str]], previous: dict[str, list[st
             used[key] = remembered[key] = prev
         else:
             used[key] = fresh[key]
-            in_corpus = prev is not None and len(prev) == len(fresh[key]) and all(d in corpus for d in prev)
+            in_corpus = prev is not None and len(prev) >= len(fresh[key]) and all(d in corpus for d in prev)
             remembered[key] = prev if in_corpus else fresh[key]
     return used, remembered
 

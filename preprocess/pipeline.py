@@ -56,19 +56,17 @@ SWAP_SHEET = "faceswap-sheet.png"
 DONOR_TABLE = "faceswap-donors.parquet"  # each clip's donor clips, kept from run to run (sticky_donors)
 
 
-def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, seed: int,
+def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, swap_infos: dict, seed: int,
                         rows: int = 8) -> None:
-    """faceswap-sheet.png: face, composite and donor frame for a few seeded frames of different clips."""
+    """faceswap-sheet.png: face, composite and donor frame for a few seeded frames of different clips (those
+    with composites, known from their info records: no output is opened but the ones shown)."""
     rng = np.random.default_rng(seed)
+    with_swaps = [c for c in usable if swap_infos[c.key]["made"]]
     picked = []
-    for i in rng.permutation(len(usable)):
-        if len(picked) == rows:
-            break
-        clip = usable[i]
+    for i in rng.permutation(len(with_swaps))[:rows]:
+        clip = with_swaps[i]
         swaps, info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
         made = [j for j, d in enumerate(info["donors"]) if d]
-        if not made:
-            continue
         j = made[rng.integers(len(made))]
         donor_key, donor_frame = info["donors"][j].split(";")[0].rsplit("/", 1)
         with caches["faces"].open(clip.key, plan.faces[clip.key]) as faces, \
@@ -263,12 +261,13 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         work["faceswap"] = len(todo)
         if todo:
             caches["faceswap"].prune(plan.faceswap)
+        swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable})
         if todo or not (out / SWAP_SHEET).is_file():
-            write_contact_sheet(out / SWAP_SHEET, usable, plan, caches, cfg.swap_seed)
+            write_contact_sheet(out / SWAP_SHEET, usable, plan, caches, swap_infos, cfg.swap_seed)
     else:
         plan.faceswap = {c.key: "" for c in usable}  # no composites: every frame's swap is empty
         work["faceswap"] = 0
-    swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable if plan.faceswap[c.key]})
+        swap_infos = {}
     timings["faceswap"] = time.perf_counter() - t
 
     # pack: shards + manifest

@@ -183,6 +183,9 @@ def test_sticky_donors_keep_existing_choices_and_replace_only_removed_donors():
     used, remembered = sticky(kept, first, corpus=clips)
     assert used == shrunk and remembered == first
     assert sticky(clips, remembered) == (first, first)
+    alone = [c for c in clips if c[1] == "id000"]  # a run that sees one speaker only: no donors this run
+    used, remembered = sticky(alone, first, corpus=clips)
+    assert all(ds == [] for ds in used.values()) and remembered == first
 
     one_speaker = [("a-1", "a"), ("a-2", "a")]  # no donor possible, then one appears: the clips get it
     none, _ = sticky(one_speaker, {})
