@@ -4,10 +4,10 @@
     python bench/bench_scale.py --what rerun [--clips 153516] [--work /tmp/scale]
     python bench/bench_scale.py --what pipeline [--clips 500 4000] [--work /tmp/scale]
 
-donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring (this code) at each size,
-against the previous ranking of every other clip per clip (the baseline, timed at small sizes only: it grows
-with the square of the corpus); per clip in microseconds, and the share of clips whose donors change when 1% of
-clips are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
+donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring at each size, alone
+(sticky_donors=false) and keeping remembered donors (the default), against the previous ranking of every other
+clip per clip (the baseline, timed at small sizes only: it grows with the square of the corpus); per clip in
+microseconds, and the share of existing clips whose donors change when 1% of clips are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
 
 rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
 region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preprocess.faceswap import _score, choose_donor_clips  # noqa: E402
+from preprocess.faceswap import _score, choose_donor_clips, sticky_donor_clips  # noqa: E402
 
 
 def previous_choice(clips: list[tuple[str, str]], seed: int, k: int) -> dict[str, list[str]]:
@@ -39,6 +39,11 @@ def previous_choice(clips: list[tuple[str, str]], seed: int, k: int) -> dict[str
         others = [c for c, s in speakers.items() if s != speaker]
         out[key] = sorted(others, key=lambda c: _score(seed, key, c), reverse=True)[:k]
     return out
+
+
+def sticky(clips: list[tuple[str, str]], seed: int, k: int, previous: dict) -> dict[str, list[str]]:
+    """This code's default: a rerun's choice given the donors remembered from the last run."""
+    return sticky_donor_clips(clips, previous, seed, k, corpus={key for key, _ in clips})[0]
 
 
 def corpus(n: int, speakers: int, offset: int = 0) -> list[tuple[str, str]]:
@@ -81,10 +86,11 @@ def simulated_build(data: str, shards: str) -> None:
                 {"donors": [""] * n, "made": 0, "composites": 0, "swaps_per_frame": 1, "rejects": []})
 
     pipeline.run_faces, pipeline.make_swaps = faces, swaps
-    cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks"])
+    # ~430 clips per shard, as VoxCeleb1's ~600 KB clip samples in 256 MB shards (a simulated sample is ~21 KB)
+    cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks", "shard_max_mb=9"])
     t = time.perf_counter()
     summary = pipeline.build(data, shards, cfg)
-    print(json.dumps({"seconds": time.perf_counter() - t, "work": summary["work_done"],
+    print(json.dumps({"seconds": time.perf_counter() - t, "work": summary["work_done"], "pack": summary["pack"],
                       "steps": summary["seconds"], "clips": summary["clips"],
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
@@ -106,8 +112,8 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
     t = time.perf_counter()
     make_tree(data, corpus(n, speakers))
     print(f"<!-- made {n:,} files in {time.perf_counter() - t:.0f} s -->", flush=True)
-    print("| run | clips | wall (s) | peak RSS (GB) | work done | slowest steps (s) |")
-    print("|---|---:|---:|---:|---|---|")
+    print("| run | clips | wall (s) | peak RSS (GB) | work done | shards written / kept | slowest steps (s) |")
+    print("|---|---:|---:|---:|---|---:|---|")
     for label in ("first build", "rerun, nothing changed", "rerun, 1% of clips added"):
         if label.startswith("rerun, 1%"):
             make_tree(data, corpus(max(1, n // 100), speakers, offset=n))
@@ -116,10 +122,12 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])
-        steps = ", ".join(f"{k} {v:.1f}" for k, v in sorted(r["steps"].items(), key=lambda kv: -kv[1])[:4])
+        slowest = sorted(((k, v) for k, v in r["steps"].items() if k != "total"), key=lambda kv: -kv[1])[:3]
+        steps = ", ".join(f"{k} {v:.1f}" for k, v in slowest)
         work_done = ", ".join(f"{k} {v}" for k, v in r["work"].items())
-        print(f"| {label} | {r['clips']:,} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {work_done} | {steps} |",
-              flush=True)
+        written = f"{r['pack']['shards_written']} / {r['pack']['shards_kept']}" if r["pack"] else "— (up to date)"
+        print(f"| {label} | {r['clips']:,} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {work_done} | {written} | "
+              f"{steps} |", flush=True)
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> None:
@@ -176,13 +184,16 @@ def main() -> None:
     print("| donor choice | clips | seconds | µs per clip | clips whose donors change when 1% are added |")
     print("|---|---:|---:|---:|---:|")
     for label, fn, sizes in (("previous: rank every other clip (baseline)", previous_choice, a.baseline_clips),
-                             ("hash ring (this code)", choose_donor_clips, a.clips)):
+                             ("hash ring (sticky_donors=false)", choose_donor_clips, a.clips),
+                             ("sticky hash ring (this code's default)", sticky, a.clips)):
         for n in sizes:
             clips = corpus(n, a.speakers)
+            remembered = choose_donor_clips(clips, 0, a.k) if fn is sticky else None
             t = time.perf_counter()
-            before = fn(clips, 0, a.k)
+            before = fn(clips, 0, a.k) if fn is not sticky else sticky(clips, 0, a.k, remembered)
             secs = time.perf_counter() - t
-            after = fn(clips + corpus(max(1, n // 100), a.speakers, offset=n), 0, a.k)
+            grown = clips + corpus(max(1, n // 100), a.speakers, offset=n)
+            after = fn(grown, 0, a.k) if fn is not sticky else sticky(grown, 0, a.k, before)
             changed = sum(before[k] != after[k] for k in before) / n
             print(f"| {label} | {n:,} | {secs:.2f} | {1e6 * secs / n:.1f} | {100 * changed:.2f}% |", flush=True)
 

@@ -69,7 +69,8 @@ class ShardWriter:
         if self.tar is None or self.size >= self.max_bytes:
             self.close()
             self._open()
-        self.size += self.tar.write(sample)
+        self.tar.write(sample)
+        self.size = self.file.tell()  # bytes on disk, tar headers and padding included
         return self.name
 
 

@@ -424,8 +424,6 @@ def test_resume_after_kill_equals_an_uninterrupted_run(train_shards, tmp_path):
 
 
 def _fault_worker(rank, port, shards, run, preset, fault, queue):
-    import socket  # noqa: F401  (spawned: a fresh interpreter)
-
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
                        "LOCAL_RANK": str(rank)})
     from train import data, models
