@@ -12,7 +12,8 @@ microseconds, and the share of existing clips whose donors change when 1% of cli
 rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
 region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
 hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
-changed, and a rerun after adding 1% of clips; each in its own process, wall time and peak RSS.
+changed, and a rerun after adding 1% of clips, then the same addition with sticky_donors=false (on a copy of the
+state before it: the baseline); each in its own process, wall time and peak RSS.
 
 pipeline: the real `make shards` (decode, mediapipe, alignment, landmark region descriptor, FaceSwap, packing;
 all CPUs) on N clips of 1 s (20 synthetic clips hard-linked under N paths of 250 speakers): time per clip at
@@ -52,7 +53,7 @@ def corpus(n: int, speakers: int, offset: int = 0) -> list[tuple[str, str]]:
             for i in range(offset, offset + n)]
 
 
-def simulated_build(data: str, shards: str) -> None:
+def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
     """One build with the per-clip work replaced by stand-ins (in this process: workers=0); prints a JSON line
     with the summary's work and seconds and this process's peak RSS."""
     import json
@@ -87,7 +88,8 @@ def simulated_build(data: str, shards: str) -> None:
 
     pipeline.run_faces, pipeline.make_swaps = faces, swaps
     # ~430 clips per shard, as VoxCeleb1's ~600 KB clip samples in 256 MB shards (a simulated sample is ~21 KB)
-    cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks", "shard_max_mb=9"])
+    cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks", "shard_max_mb=9",
+                                           *overrides])
     t = time.perf_counter()
     summary = pipeline.build(data, shards, cfg)
     print(json.dumps({"seconds": time.perf_counter() - t, "work": summary["work_done"], "pack": summary["pack"],
@@ -114,11 +116,17 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
     print(f"<!-- made {n:,} files in {time.perf_counter() - t:.0f} s -->", flush=True)
     print("| run | clips | wall (s) | peak RSS (GB) | work done | shards written / kept | slowest steps (s) |")
     print("|---|---:|---:|---:|---|---:|---|")
-    for label in ("first build", "rerun, nothing changed", "rerun, 1% of clips added"):
-        if label.startswith("rerun, 1%"):
+    history_free = work / "shards-history-free"
+    runs = (("first build", shards, []), ("rerun, nothing changed", shards, []),
+            ("rerun, 1% of clips added", shards, []),
+            ("the same, sticky_donors=false (history-free donors; baseline)", history_free, ["sticky_donors=false"]))
+    for label, out_dir, overrides in runs:
+        if label == "rerun, 1% of clips added":
+            # the state before the addition, for the baseline: hard links are safe, every write is a rename
+            subprocess.run(["cp", "-al", str(shards), str(history_free)], check=True)
             make_tree(data, corpus(max(1, n // 100), speakers, offset=n))
-        out = subprocess.run([sys.executable, __file__, "--child", str(data), str(shards)], capture_output=True,
-                             text=True)
+        out = subprocess.run([sys.executable, __file__, "--child", str(data), str(out_dir), *overrides],
+                             capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(out.stderr[-3000:])
         r = json.loads(out.stdout.strip().splitlines()[-1])
@@ -160,8 +168,8 @@ def bench_pipeline(sizes: list[int], work: Path) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        simulated_build(sys.argv[2], sys.argv[3])
+    if len(sys.argv) >= 4 and sys.argv[1] == "--child":
+        simulated_build(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--what", choices=["donors", "rerun", "pipeline"], default="donors", help="what to measure")
