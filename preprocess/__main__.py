@@ -14,18 +14,20 @@ EXIT_SOME_FAILED = 3
 
 
 def main(argv=None) -> int:
+    options = ("options (key=value, after DATA SHARDS; or in a TOML file given with --config):\n"
+               + options_help(ShardsConfig)
+               + f"\n\nexit status: 0 all clips usable, {EXIT_SOME_FAILED} some clips failed (see the summary "
+                 "and rejects.parquet), 2 a usage error")
     parser = argparse.ArgumentParser(
         prog="python -m preprocess",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Turn a talking-face corpus into WebDataset training shards (decode, landmarks, aligned "
                     "faces, eye/mouth crops, region embeddings, FaceSwap composites). Reruns do only what "
                     "changed.",
-        epilog="options (key=value, after DATA SHARDS; or in a TOML file given with --config):\n"
-               + options_help(ShardsConfig)
-               + f"\n\nexit status: 0 all clips usable, {EXIT_SOME_FAILED} some clips failed (see the summary "
-                 "and rejects.parquet), 2 a usage error")
+        epilog=options)
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build or update shards from a corpus")
+    b = sub.add_parser("build", help="build or update shards from a corpus", epilog=options,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("data", help="corpus: a folder (videos or VoxCeleb1 frames layout) or a CSV path,speaker[,video]")
     b.add_argument("shards", help="output folder")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="option overrides (see below)")

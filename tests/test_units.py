@@ -203,3 +203,15 @@ def test_donor_table_round_trip_and_option_change(tmp_path):
     assert read_donor_table(path, 4, 2) == {} and read_donor_table(path, 3, 5) == {}  # other options: afresh
     path.write_bytes(b"damaged")
     assert read_donor_table(path, 3, 2) == {}
+
+
+def test_build_help_lists_every_option(capsys):
+    import dataclasses
+
+    from preprocess.__main__ import main
+    from preprocess.settings import ShardsConfig
+
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    out = capsys.readouterr().out
+    assert all(f"  {f.name} (default" in out for f in dataclasses.fields(ShardsConfig))
