@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from preprocess.corpus import Clip
+from preprocess.corpus import Clip, part_name
 
 _SAMPLE = 1 << 16
 _UMASK = os.umask(0)
@@ -315,7 +315,7 @@ class StepCache:
     def __init__(self, root: Path, step: str, part: str = "0/1"):
         self.dir = root / step
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.index_path = self.dir / f"index-{part.replace('/', '-of-')}.parquet"
+        self.index_path = self.dir / f"index-{part_name(part)}.parquet"
 
     def path(self, key: str, h: str) -> Path:
         return self.dir / f"{key}-{h}.npz"

@@ -156,6 +156,11 @@ def _csv_list(path: Path):
     return clips, rejects
 
 
+def part_name(part: str) -> str:
+    """'i/n' as it names files and folders: 'i-of-n'."""
+    return part.replace("/", "-of-")
+
+
 def select_part(clips: list[Clip], part: str) -> list[Clip]:
     """The deterministic part i of n (by a hash of each clip's key), for job arrays."""
     try:

@@ -100,11 +100,16 @@ def frame_rate(stream: dict) -> float:
 _SHOWINFO = re.compile(r"Parsed_showinfo.*\bn:\s*(\d+).*\bpts_time:\s*(\S+).*\bs:(\d+)x(\d+)")
 
 
+def grid_cell(t: float, sample_fps: float) -> int:
+    """The sampling interval [k, k+1) / sample_fps holding time t (the select filter's floor(t*r+1e-9))."""
+    return math.floor(t * sample_fps + 1e-9)
+
+
 def grid_select(timestamps: list[float], sample_fps: float) -> list[int]:
     """Indices of the first timestamp at or after each grid point k / sample_fps (what the ffmpeg filter does)."""
     chosen, last_cell = [], None
     for i, t in enumerate(timestamps):
-        cell = math.floor(t * sample_fps + 1e-9)
+        cell = grid_cell(t, sample_fps)
         if last_cell is None or cell > last_cell:
             chosen.append(i)
             last_cell = cell
@@ -179,7 +184,7 @@ def _read_video(path: Path, sample_fps: float, max_side: int, report: DecodeRepo
             data = proc.stdout.read(w * h * 3)
             if len(data) < w * h * 3:
                 break
-            cell = math.floor(pts * sample_fps + 1e-9)
+            cell = grid_cell(pts, sample_fps)
             if last_cell is not None and cell <= last_cell:
                 continue
             last_cell = cell

@@ -14,7 +14,7 @@ from tqdm import tqdm
 from preprocess import faceswap as fs
 from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
 from preprocess.config import step_options, to_toml
-from preprocess.corpus import Clip, find_clips, select_part
+from preprocess.corpus import Clip, find_clips, part_name, select_part
 from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
@@ -31,12 +31,10 @@ class Plan:
     faces: dict = field(default_factory=dict)
     region: dict = field(default_factory=dict)
     faceswap: dict = field(default_factory=dict)
-    donors: dict = field(default_factory=dict)
 
 
 def output_dir(shards: Path, part: str) -> Path:
-    i, n = part.split("/")
-    return shards if n == "1" else shards / "parts" / f"{i}-of-{n}"
+    return shards if part.split("/")[1] == "1" else shards / "parts" / part_name(part)
 
 
 def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_dir: Path):
@@ -201,7 +199,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     clips = part_clips[:cfg.max_clips] if cfg.max_clips else part_clips
     plan = Plan(clips)
     opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
-    stamps = Stamps(cache_root / f"stamps-{cfg.part.replace('/', '-of-')}.parquet")
+    stamps = Stamps(cache_root / f"stamps-{part_name(cfg.part)}.parquet")
     for c in clips:
         plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], stamps.fingerprint(c), opts["faces"])
     stamps.save()
@@ -245,12 +243,11 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         if remembered != previous:
             fs.write_donor_table(out / DONOR_TABLE, remembered, cfg.swap_seed, cfg.swap_tries)
         for c in usable:
-            plan.donors[c.key] = donors[c.key]
             plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],
                                           [plan.faces[d] for d in donors[c.key]], opts["faceswap"])
         todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
         jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
-                 {d: caches["faces"].path(d, plan.faces[d]) for d in plan.donors[c.key]}) for c in todo]
+                 {d: caches["faces"].path(d, plan.faces[d]) for d in donors[c.key]}) for c in todo]
         by_key = {c.key: c for c in usable}
         for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
                                cache_root / "logs"):
