@@ -16,10 +16,16 @@ PROTOCOL ?= both
 TASK ?=
 REPORT ?=
 RUNS ?=
+GPUS ?=
+NODES ?= 1
+GPUS_PER_NODE ?= 8
+TASKS_PER_NODE ?= $(if $(filter-out 0,$(GPUS_PER_NODE)),$(GPUS_PER_NODE),1)
+CPUS_PER_TASK ?= 8
+SBATCH_ARGS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
 	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge shards-slurm pretrain table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
 	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
@@ -31,6 +37,9 @@ help:
 	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
+	@echo "                                GPUS=<n>: n ranks on this machine (torchrun), one per GPU"
+	@echo "make pretrain-slurm SHARDS=<dir> RUN=<dir> PRESET=<preset> NODES=1 GPUS_PER_NODE=8 [CPUS_PER_TASK=8] [SBATCH_ARGS=\"--partition=...\"]"
+	@echo "                                one rank per GPU on each node; requeued from its checkpoint at the time limit"
 	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both (default)]"
 	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv> (300 epochs, the paper's);  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
 	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
@@ -69,12 +78,20 @@ shards-merge: setup
 
 shards-slurm: setup
 	@if [ -z "$(DATA)" ] || [ -z "$(PARTS)" ]; then echo "usage: make shards-slurm DATA=<corpus> SHARDS=<out> PARTS=<n> [ARGS=...]"; exit 2; fi
-	@jid=$$(sbatch --parsable --array=0-$$(($(PARTS)-1)) --export=ALL,DATA="$(DATA)",SHARDS="$(SHARDS)",N=$(PARTS),ARGS="$(ARGS)" configs/slurm/shards.sbatch) && \
+	@jid=$$(sbatch --parsable --array=0-$$(($(PARTS)-1)) --export=ALL,DATA="$(DATA)",SHARDS="$(SHARDS)",N=$(PARTS),ARGS="$(ARGS)" \
+	    $(SBATCH_ARGS) configs/slurm/shards.sbatch) && \
 	  echo "array job $$jid: $(PARTS) parts" && \
-	  sbatch --dependency=afterok:$$jid --export=ALL,SHARDS="$(SHARDS)" configs/slurm/shards-merge.sbatch
+	  sbatch --dependency=afterok:$$jid --export=ALL,SHARDS="$(SHARDS)" $(SBATCH_ARGS) configs/slurm/shards-merge.sbatch
 
 pretrain: setup
-	$(PY) -m train "$(SHARDS)" "$(RUN)" --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
+	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m train "$(SHARDS)" "$(RUN)" \
+	  --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
+
+pretrain-slurm: setup
+	sbatch --nodes=$(NODES) --ntasks-per-node=$(TASKS_PER_NODE) --cpus-per-task=$(CPUS_PER_TASK) \
+	  $(if $(filter-out 0,$(GPUS_PER_NODE)),--gres=gpu:$(GPUS_PER_NODE)) \
+	  --export=ALL,SHARDS="$(SHARDS)",RUN="$(RUN)",PRESET="$(PRESET)",CONFIG="$(CONFIG)",ARGS="$(ARGS)" \
+	  $(SBATCH_ARGS) configs/slurm/pretrain.sbatch
 
 eval-affectnet: setup
 	$(call EVAL,affectnet,$(AFFECTNET),$(if $(TASK),,task=both))
@@ -95,7 +112,8 @@ table1: setup
 	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \
 	  $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(RAFDB),--rafdb "$(RAFDB)") $(if $(LFW),--lfw "$(LFW)") \
 	  $(if $(PRESETS),--presets "$(PRESETS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
-	  $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(SLURM)),--slurm --sbatch "$(SBATCH)")
+	  $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(SLURM)),--slurm --sbatch "$(SBATCH)" \
+	    --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --tasks-per-node $(TASKS_PER_NODE) --cpus-per-task $(CPUS_PER_TASK))
 
 report: setup
 	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(ALLOW_MIXED)),--allow-mixed)

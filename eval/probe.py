@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+from preprocess.progress import progress
 
 from eval import metrics as M
 from train.augment import eval_transform, normalize, resized_crop_flip
@@ -34,7 +34,7 @@ def extract_features(backbone: nn.Module, faces, image_size: int, device: str, b
     backbone = backbone.to(device).eval()
     out, writer = [], None
     try:
-        for i in tqdm(range(0, len(faces), batch), desc=desc, unit="batch", dynamic_ncols=True, leave=False):
+        for i in progress(range(0, len(faces), batch), desc=desc, unit="batch", dynamic_ncols=True, leave=False):
             rows = np.arange(i, min(i + batch, len(faces)))
             x = torch.from_numpy(np.ascontiguousarray(faces[rows])).to(device).permute(0, 3, 1, 2)
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
@@ -96,7 +96,7 @@ def train_head(task: str, inputs: dict, targets: dict, n_classes: int, cfg, devi
                                     False).float().cpu())
         return torch.cat(outs).numpy()
 
-    for epoch in tqdm(range(cfg.epochs), desc=desc, unit="epoch", dynamic_ncols=True, leave=False):
+    for epoch in progress(range(cfg.epochs), desc=desc, unit="epoch", dynamic_ncols=True, leave=False):
         order = rng.permutation(n_train)
         total, seen = 0.0, 0
         for i in range(0, n_train, cfg.batch_size):

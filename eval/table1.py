@@ -5,16 +5,19 @@ per step and a submit.sh that chains them with job dependencies instead of runni
 
     python -m eval.table1 --shards SHARDS [--affectnet DIR] [--fer2013 DIR] [--rafdb DIR] [--lfw DIR]
         [--presets "simclr ... sslfer"] [--runs runs] [--out reports/table1]
-        [--train "key=value ..."] [--eval "key=value ..."] [--slurm] [--sbatch "#SBATCH lines"]"""
+        [--train "key=value ..."] [--eval "key=value ..."]
+        [--slurm [--sbatch "#SBATCH lines"] [--nodes N] [--gpus-per-node G] [--cpus-per-task C]]"""
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+PRETRAIN_SBATCH = Path(__file__).resolve().parents[1] / "configs" / "slurm" / "pretrain.sbatch"
 # Table 1's rows, in its order
 TABLE1_PRESETS = ["simclr", "mocov2", "byol", "timeaug", "timeaug-hardneg", "timeaug-hardneg-cutmix",
                   "timeaug-faceswap-maskfn", "timeaug-hardneg-faceswap", "sslfer"]
@@ -48,34 +51,55 @@ def plan(a) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], l
 
 
 def write_slurm(a, train, evals, join) -> Path:
-    """One sbatch script per step, and submit.sh: evaluations after every pretraining, the table after them."""
+    """One sbatch script per step, and submit.sh: evaluations after every pretraining, the table after them.
+    A pretraining job runs configs/slurm/pretrain.sbatch on a.nodes x a.gpus_per_node ranks (one per GPU,
+    requeued from its checkpoint at the time limit); an evaluation job asks for one GPU; the table for none."""
     folder = (Path(a.out) / "slurm").resolve()
     if any(c.isspace() for c in str(folder)):
-        raise SystemExit(f"error: {folder}: SLURM's #SBATCH --output cannot hold a path with spaces")
+        raise ValueError(f"{folder}: SLURM's #SBATCH --output cannot hold a path with spaces")
+    directives = ["#SBATCH" + d.rstrip() for d in a.sbatch.split("#SBATCH")[1:]]
+    gpu_lines = [d for d in directives if re.search(r"--(gres|gpus|gpus-per-node|gpus-per-task)[= ]", d)]
+    if gpu_lines:
+        raise ValueError(f"--sbatch {gpu_lines[0]!r}: give the pretraining's GPUs with --nodes and "
+                         f"--gpus-per-node (make table1 NODES= GPUS_PER_NODE=); each evaluation asks for one GPU")
     folder.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
-    directives = ["#SBATCH" + d.rstrip() for d in a.sbatch.split("#SBATCH")[1:]]
+    gpus, cpus = a.gpus_per_node, a.cpus_per_task
+    eval_resources = ["#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={cpus}"] + (
+        ["#SBATCH --gres=gpu:1"] if gpus else [])
 
-    def script(name: str, argv: list[str], skip_if: Path | None = None) -> str:
+    def script(name: str, body: str, resources: list[str], extra: list[str] = ()) -> str:
         path = folder / f"{name}.sbatch"
-        done = (f"if [ -f {shlex.quote(str(skip_if / 'summary.json'))} ]; then echo 'already finished'; exit 0; fi\n"
-                if skip_if else "")
         path.write_text("\n".join(["#!/bin/bash", f"#SBATCH --job-name={name}",
-                                   f"#SBATCH --output={folder}/{name}-%j.log", *directives,
-                                   "set -euo pipefail", f"cd {shlex.quote(str(cwd))}"]) + "\n"
-                        + done + shlex.join(argv) + "\n")
+                                   f"#SBATCH --output={folder}/{name}-%j.log", *extra, *directives, *resources,
+                                   "set -euo pipefail", f"cd {shlex.quote(str(cwd))}"]) + "\n" + body)
         return shlex.quote(str(path))
 
+    def pretraining(argv: list[str]) -> str:
+        # argv: python -m train SHARDS RUN --preset P [options]
+        env = {"WORKDIR": str(cwd), "PYTHON": argv[0], "SHARDS": argv[3], "RUN": argv[4], "PRESET": argv[6], "ARGS": shlex.join(argv[7:])}
+        return ("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+                + f"exec bash {shlex.quote(str(PRETRAIN_SBATCH))}\n")
+
+    tasks = gpus or a.tasks_per_node
+    train_resources = [f"#SBATCH --nodes={a.nodes}", f"#SBATCH --ntasks-per-node={tasks}",
+                       f"#SBATCH --cpus-per-task={cpus}"] + ([f"#SBATCH --gres=gpu:{gpus}"] if gpus else [])
     lines = ["#!/bin/bash", "# submits Table 1's steps with their dependencies (a pretraining that has finished "
              "meanwhile exits at once)", "set -euo pipefail", "train_jobs=''"]
     for name, argv in train:
         run_dir = Path(argv[4]).resolve()
-        lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {script(name, argv, run_dir)})\"")
+        body = (f"if [ -f {shlex.quote(str(run_dir / 'summary.json'))} ]; then echo 'already finished'; exit 0; fi\n"
+                + pretraining(argv))
+        path = script(name, body, train_resources, ["#SBATCH --signal=USR1@120", "#SBATCH --requeue",
+                                                    "#SBATCH --open-mode=append"])
+        lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {path})\"")
     lines.append("eval_jobs=''")
     for name, argv in evals:
+        path = script(name, shlex.join(argv) + "\n", eval_resources)
         lines.append(f"eval_jobs=\"$eval_jobs:$(sbatch --parsable ${{train_jobs:+--dependency=afterok$train_jobs}} "
-                     f"{script(name, argv)})\"")
-    lines.append(f"sbatch ${{eval_jobs:+--dependency=afterok$eval_jobs}} {script('table1', join)}")
+                     f"{path})\"")
+    table = script("table1", shlex.join(join) + "\n", ["#SBATCH --ntasks=1", "#SBATCH --cpus-per-task=1"])
+    lines.append(f"sbatch --parsable ${{eval_jobs:+--dependency=afterok$eval_jobs}} {table}")
     submit = folder / "submit.sh"
     submit.write_text("\n".join(lines) + "\n")
     submit.chmod(0o755)
@@ -94,13 +118,24 @@ def main(argv=None) -> int:
     p.add_argument("--train", default="", help="options for every pretraining, 'key=value ...'")
     p.add_argument("--eval", default="", help="options for every evaluation, 'key=value ...'")
     p.add_argument("--slurm", action="store_true", help="write sbatch scripts and submit.sh instead of running")
-    p.add_argument("--sbatch", default="", help="#SBATCH lines for every script (partition, GPUs, time ...)")
+    p.add_argument("--sbatch", default="", help="#SBATCH lines for every script (partition, account, time ...; "
+                                                "not GPUs: see the next options)")
+    p.add_argument("--nodes", type=int, default=1, help="nodes of each pretraining job (default 1)")
+    p.add_argument("--gpus-per-node", type=int, default=8,
+                   help="GPUs per node of each pretraining job, one rank each (default 8); each evaluation job "
+                        "asks for one; 0 = CPU ranks (--tasks-per-node of them)")
+    p.add_argument("--tasks-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
+    p.add_argument("--cpus-per-task", type=int, default=8, help="CPUs of each rank and of each evaluation job")
     a = p.parse_args(argv)
     if not any(getattr(a, ds) for ds in DATASET_ARGS):
         p.error("give at least one of --affectnet --fer2013 --rafdb --lfw")
     train, evals, join = plan(a)
     if a.slurm:
-        submit = write_slurm(a, train, evals, join)
+        try:
+            submit = write_slurm(a, train, evals, join)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         print(f"wrote {len(train) + len(evals) + 1} sbatch scripts; submit them with: bash {shlex.quote(str(submit))}")
         return 0
     for name, cmd in [*train, *evals, ("table1", join)]:

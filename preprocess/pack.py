@@ -114,7 +114,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     whose clips are all unchanged are kept as they are; clips that are new or changed, and the unchanged clips
     that shared a shard with a changed or removed one, are written to new shards; then the manifest is
     replaced (atomically) and the shards it no longer names are deleted."""
-    from tqdm import tqdm
+    from preprocess.progress import progress
 
     pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s)
     for tmp in out.glob(".shard-*.tmp"):
@@ -142,7 +142,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     writer = ShardWriter(out, cfg.shard_max_mb * 1e6, first=max(existing, default=-1) + 1)
     schema = arrow_schema(MANIFEST_COLUMNS)
     columns: dict[str, list] = {name: [] for name in schema.names}  # column-wise: no dict per frame
-    for clip in tqdm(order, desc="pack", unit="clip", dynamic_ncols=True):
+    for clip in progress(order, desc="pack", unit="clip", dynamic_ncols=True):
         faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
         region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
         if plan.faceswap[clip.key]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
+from preprocess.progress import progress
 
 from preprocess import faceswap as fs
 from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
@@ -42,7 +42,7 @@ def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_di
     result or Failure): a job that raises, dies or times out is a Failure, never the end of the build. The
     workers' native log lines go to log_dir."""
     frames, t0 = 0, time.perf_counter()
-    with tqdm(total=len(jobs), desc=desc, unit="clip", dynamic_ncols=True) as bar:
+    with progress(total=len(jobs), desc=desc, unit="clip", dynamic_ncols=True) as bar:
         for job, r in run_jobs(fn, jobs, cfg.workers, cfg.clip_timeout_s, str(log_dir)):
             frames += 0 if isinstance(r, Failure) else unit_counter(r)
             bar.update(1)
@@ -156,7 +156,7 @@ def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict)
 
     done = 0
     t0 = time.perf_counter()
-    with tqdm(total=len(todo), desc="region", unit="clip", dynamic_ncols=True) as bar:
+    with progress(total=len(todo), desc="region", unit="clip", dynamic_ncols=True) as bar:
         for clip in todo:
             with caches["faces"].open(clip.key, plan.faces[clip.key]) as arrays:
                 if encoder is None:

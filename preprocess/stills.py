@@ -12,7 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
+from preprocess.progress import progress
 
 from preprocess.cache import ArrayWriter, NpyArray, atomic_write_bytes
 from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
@@ -175,7 +175,7 @@ def aligned_faces(items: list[Still], cache_dir: Path, workers: int, desc: str,
     pool = mp.get_context("spawn").Pool(workers) if workers > 1 and len(chunks) > 1 else None
     results = pool.imap(_align_chunk, chunks) if pool else map(_align_chunk, chunks)
     try:
-        with tqdm(total=len(items), desc=f"align {desc}", unit="img", dynamic_ncols=True) as bar:
+        with progress(total=len(items), desc=f"align {desc}", unit="img", dynamic_ncols=True) as bar:
             for c, result in enumerate(results):
                 for j, (face, h, pts) in enumerate(result):
                     if face is not None:

@@ -27,13 +27,24 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
                                                                                              "pretrain-sslfer"]
     assert main(args) == 0  # finished runs are not trained again
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == []
-    assert main([*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --gres=gpu:1 #SBATCH --time=2:00:00"]) == 0
+    slurm_args = [*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --time=2:00:00 #SBATCH -p gpu"]
+    assert main([*slurm_args, "--sbatch", "#SBATCH --gres=gpu:8"]) != 0  # GPUs come from --gpus-per-node
+    assert main([*slurm_args, "--nodes", "2", "--gpus-per-node", "8"]) == 0
     slurm = tmp_path / "rep" / "slurm"
     assert sorted(p.name for p in slurm.glob("*.sbatch")) == ["eval-affectnet.sbatch", "eval-lfw.sbatch",
                                                              "pretrain-byol.sbatch", "table1.sbatch"]
     submit = (slurm / "submit.sh").read_text()
     assert "--dependency=afterok$train_jobs" in submit and "--dependency=afterok$eval_jobs" in submit
     byol = (slurm / "pretrain-byol.sbatch").read_text().splitlines()
-    assert "#SBATCH --gres=gpu:1" in byol and "#SBATCH --time=2:00:00" in byol
-    assert any("--preset byol" in line for line in byol)
+    # every GPU it asks for has a rank: 2 nodes x 8 tasks x 8 GPUs, started by configs/slurm/pretrain.sbatch
+    for line in ("#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gres=gpu:8", "#SBATCH --requeue",
+                 "#SBATCH --signal=USR1@120", "#SBATCH --time=2:00:00", "#SBATCH -p gpu"):
+        assert line in byol, line
+    assert any(line.startswith("exec bash") and line.endswith("configs/slurm/pretrain.sbatch") for line in byol)
+    assert "export PRESET=byol" in byol
     assert any("summary.json" in line and "exit 0" in line for line in byol)  # finished meanwhile: nothing to do
+    for name in ("eval-affectnet", "eval-lfw"):
+        lines = (slurm / f"{name}.sbatch").read_text().splitlines()
+        assert "#SBATCH --gres=gpu:1" in lines and "#SBATCH --ntasks=1" in lines
+    assert not any("gpu" in line for line in (slurm / "table1.sbatch").read_text().splitlines()
+                   if line.startswith("#SBATCH") and "-p gpu" not in line)

@@ -27,12 +27,18 @@ def main(argv=None) -> int:
     parser.add_argument("--config", help="TOML file of options")
     args = parser.parse_intermixed_args(argv)
 
+    from train.preemption import Stopped
     from train.pretrain import TrainingStopped, pretrain
 
     try:
         paths = [preset_path(args.preset)] + ([args.config] if args.config else [])
         cfg = load_config(TrainConfig, paths, args.overrides)
-        s = pretrain(args.shards, args.run, cfg)
+        s = pretrain(args.shards, args.run, cfg, preset=args.preset, argv=sys.argv if argv is None else
+                     ["-m", "train", *argv])
+    except Stopped as e:
+        if e.rank == 0:
+            print(f"{e} (exit {e.status})", flush=True)
+        return e.status
     except (ConfigError, SchemaError, TrainingStopped, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

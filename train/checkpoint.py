@@ -68,3 +68,16 @@ def _feature_width(state: dict) -> int:
 
 def export_backbone(model, path: Path) -> None:
     atomic_save(backbone_state(model), path)
+
+
+# options that only change how a run is carried out, not what it computes: a resume may change them
+OPERATIONAL_OPTIONS = frozenset({"device", "workers", "log_every", "ckpt_minutes", "ckpt_every", "dist_timeout_min",
+                                 "resume", "max_bad_steps", "monitor", "monitor_identity", "monitor_every",
+                                 "monitor_max_images", "monitor_cache", "compile", "logger"})
+
+
+def settings_diff(saved: dict, now: dict) -> list[str]:
+    """What differs between a checkpoint's settings and this launch's, in every option that changes the result
+    (and the preset and the shards, saved under 'preset' and 'shards'), as 'key old -> new'."""
+    return [f"{k} {saved[k]!r} -> {now[k]!r}" for k in now
+            if k not in OPERATIONAL_OPTIONS and k in saved and saved[k] != now[k]]

@@ -8,6 +8,7 @@ away, with its own positive). Everything random in a step comes from (seed, step
 made again exactly: resuming needs only the step number."""
 from __future__ import annotations
 
+import hashlib
 import tarfile
 import warnings
 from collections import OrderedDict
@@ -212,6 +213,14 @@ class ShardIndex:
 
     def __len__(self):
         return len(self.keys)
+
+    def fingerprint(self) -> str:
+        """What the trainer reads: the shards, the clips and their byte ranges and speakers."""
+        h = hashlib.sha256("\n".join(p.name for p in self.paths).encode())
+        h.update("\n".join(self.keys).encode())
+        for a in (self.shard, self.start, self.end, self.speaker, self.origin):
+            h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()[:16]
 
     def shard_clips(self) -> list[np.ndarray]:
         """Clip ids of each shard, in their stored order."""

@@ -1,4 +1,4 @@
-"""Process-group set-up from torchrun's environment, and gathers across ranks.
+"""Process-group set-up from torchrun's or srun's environment, and gathers across ranks.
 
 `all_gather_grad` is the gather the contrastive loss needs: every rank computes the loss over the global
 batch, so the gradient of a rank's own embeddings is the sum over ranks of each rank's gradient of them
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
 
 import torch
 import torch.distributed as tdist
@@ -25,16 +26,59 @@ def world() -> int:
     return tdist.get_world_size() if is_distributed() else 1
 
 
+def launch_env(environ=os.environ) -> dict | None:
+    """How this process was started, when it is one rank of several: torchrun's variables (RANK, WORLD_SIZE,
+    LOCAL_RANK), else srun's for a job step of several tasks (SLURM_PROCID, SLURM_STEP_NUM_TASKS,
+    SLURM_LOCALID; a batch script itself has no SLURM_STEP_ID, so `python -m train` run there directly stays
+    one process). None for a single process."""
+    e = environ
+    if int(e.get("WORLD_SIZE", "1")) > 1:
+        return {"launcher": "torchrun", "rank": int(e["RANK"]), "world": int(e["WORLD_SIZE"]),
+                "local_rank": int(e.get("LOCAL_RANK", "0"))}
+    if "SLURM_STEP_ID" in e and int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", "1"))) > 1:
+        return {"launcher": "srun", "rank": int(e["SLURM_PROCID"]),
+                "world": int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", "1"))),
+                "local_rank": int(e.get("SLURM_LOCALID", "0"))}
+    return None
+
+
+def _srun_rendezvous(environ=os.environ) -> tuple[str, str]:
+    """MASTER_ADDR/MASTER_PORT for srun-launched ranks: as given, else the step's first node and a port from
+    the job id (the same on every rank; a requeued job keeps its id)."""
+    addr = environ.get("MASTER_ADDR")
+    if not addr:
+        nodes = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST", "")
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True,
+                                 timeout=60)
+            addr = out.stdout.split()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            raise RuntimeError(f"srun ranks need MASTER_ADDR (the first node of the job): could not get it from "
+                               f"`scontrol show hostnames {nodes}`; export it before srun") from None
+    port = environ.get("MASTER_PORT") or str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
+    return addr, port
+
+
 def setup(device: str, timeout_min: float = 10.0) -> tuple[int, int, str]:
-    """Join the process group when launched by torchrun; returns (rank, world, device). A collective that
-    waits longer than timeout_min for a rank fails instead of hanging."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not is_distributed():
+    """Join the process group when launched by torchrun or srun; returns (rank, world, device). A collective
+    that waits longer than timeout_min for a rank fails instead of hanging."""
+    env = launch_env()
+    if env and not is_distributed():
         backend = "nccl" if device.startswith("cuda") else "gloo"
-        tdist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
+        if env["launcher"] == "srun":
+            addr, port = _srun_rendezvous()
+            init = f"tcp://{addr}:{port}"
+        else:
+            init = "env://"
         if device.startswith("cuda"):
-            local = int(os.environ.get("LOCAL_RANK", "0"))
+            local = env["local_rank"]
+            if local >= torch.cuda.device_count():
+                raise RuntimeError(f"rank {env['rank']} is local rank {local} but this node shows "
+                                   f"{torch.cuda.device_count()} GPU(s): start at most one rank per GPU")
             torch.cuda.set_device(local)
             device = f"cuda:{local}"
+        tdist.init_process_group(backend, init_method=init, rank=env["rank"], world_size=env["world"],
+                                 timeout=datetime.timedelta(minutes=timeout_min))
     return rank(), world(), device
 
 
@@ -83,20 +127,41 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 def all_true(flag: bool, device: str) -> bool:
     """Whether flag is true on every rank (every rank gets the same answer, so they all act alike)."""
+    return every_rank([flag], device)[0]
+
+
+def every_rank(flags: list[bool], device: str) -> list[bool]:
+    """For each flag, whether it is true on every rank: one collective for several decisions."""
     if not is_distributed():
-        return flag
-    t = torch.tensor([0 if flag else 1], device=device)
+        return list(flags)
+    t = torch.tensor([0 if f else 1 for f in flags], device=device)
     tdist.all_reduce(t)
-    return int(t) == 0
+    return [int(v) == 0 for v in t.tolist()]
+
+
+def reduce_max(values: list[int], device: str) -> list[int]:
+    """Each value's maximum over the ranks."""
+    if not is_distributed():
+        return list(values)
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return [int(v) for v in t.tolist()]
+
+
+def gather_objects(obj) -> list:
+    """Every rank's obj, in rank order (pickled)."""
+    if not is_distributed():
+        return [obj]
+    out: list = [None] * world()
+    tdist.all_gather_object(out, obj)
+    return out
 
 
 def gather_messages(message: str | None) -> list[str]:
     """Every rank's message (None where it has none), as 'rank r: message'."""
     if not is_distributed():
         return [f"{message}"] if message else []
-    out: list = [None] * world()
-    tdist.all_gather_object(out, message)
-    return [f"rank {r}: {m}" for r, m in enumerate(out) if m]
+    return [f"rank {r}: {m}" for r, m in enumerate(gather_objects(message)) if m]
 
 
 def broadcast_object(obj):

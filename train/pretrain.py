@@ -2,24 +2,32 @@
 resume. Read it top to bottom."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from preprocess.config import to_toml
+from preprocess.progress import progress
 from preprocess.regions import resolve_device
 from preprocess.schema import read_manifest
 from train import distributed as dist
+from train import runinfo
 from train.augment import augment
-from train.checkpoint import export_backbone, load_checkpoint, save_checkpoint, set_rng_state, unwrap
+from train.checkpoint import (export_backbone, load_checkpoint, save_checkpoint, set_rng_state, settings_diff,
+                              unwrap)
 from train.data import BatchStream, ShardIndex, anchors_per_step, augment_options, step_seed
 from train.losses import false_negatives, info_nce, near_duplicates
-from train.plan import steps_per_epoch as plan_steps
 from train.models import build_model
+from train.plan import steps_per_epoch as plan_steps
+from train.preemption import Stopped, StopSignals, ignore_in_worker
 from train.settings import TrainConfig
 
 
@@ -86,6 +94,12 @@ def plot_curves(log_path: Path, out: Path) -> None:
     plt.close(fig)
 
 
+def append_jsonl(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """On resume: drop the log rows of steps after the checkpoint (they will be made again)."""
     if log_path.is_file():
@@ -107,12 +121,68 @@ def check_batch_size(cfg: TrainConfig, world: int) -> int:
     return anchors
 
 
-def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
+def resume_point(run: Path, cfg: TrainConfig) -> Path | None:
+    """The checkpoint this launch continues (decided on rank 0), None for a fresh start."""
+    if cfg.resume in ("auto", "force"):
+        last = run / "checkpoints" / "last.pt"
+        return last if last.is_file() else None
+    if cfg.resume == "never":
+        return None
+    if not Path(cfg.resume).is_file():
+        raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
+    return Path(cfg.resume)
+
+
+def refuse_other_settings(state: dict, resume_from: Path, now: dict, cfg: TrainConfig) -> list[str]:
+    """resume=auto continues a run only with the settings it was started with; returns the differences
+    (allowed with resume=force)."""
+    saved = {**state.get("config", {}), **state.get("run", {})}
+    diff = settings_diff(saved, now)
+    if diff and cfg.resume == "auto":
+        raise TrainingStopped(f"{resume_from} was made with other settings: {'; '.join(diff)}. resume=force "
+                              f"continues it anyway, resume=never starts the run over, or choose another run folder")
+    return diff
+
+
+class TensorBoard:
+    """logger=tensorboard: every numeric field of the log rows as a scalar in RUN/tensorboard/."""
+
+    def __init__(self, run: Path):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise TrainingStopped("logger=tensorboard needs the tensorboard package: "
+                                  ".venv/bin/pip install -e '.[tensorboard]' (or logger=jsonl)") from None
+        self.writer = SummaryWriter(str(run / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        for k, v in record.items():
+            if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                self.writer.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str | None = None,
+             argv: list[str] | None = None) -> dict:
+    """Train, resuming RUN when it holds a checkpoint. Raises Stopped after checkpointing when SIGUSR1 or
+    SIGTERM arrives (the scheduler's), TrainingStopped when the run cannot go on."""
     run = Path(run)
+    signals = StopSignals() if threading.current_thread() is threading.main_thread() else None
     device = resolve_device(cfg.device)
     rank, world, device = dist.setup(device, cfg.dist_timeout_min)
     main = rank == 0
     cuda = device.startswith("cuda")
+    launch, launch_warnings = runinfo.gather_launch(device, cfg.device, (dist.launch_env() or {}).get(
+        "launcher", "single process"), list(argv if argv is not None else sys.argv))
+    if main:
+        print(runinfo.startup_line(launch), flush=True)
+        for w in launch_warnings:
+            print(f"warning: {w}", flush=True)
+    if cfg.logger not in ("jsonl", "tensorboard"):
+        raise TrainingStopped(f"logger={cfg.logger!r}: expected jsonl or tensorboard")
+    logger = TensorBoard(run) if main and cfg.logger == "tensorboard" else None
 
     # data: the manifest says what the shards hold; the index says where each clip sample lies
     manifest = read_manifest(shards)
@@ -131,6 +201,7 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     steps_per_epoch = plan_steps(n_clips, anchors, cfg.anchors_per_clip)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     epochs = math.ceil(total_steps / steps_per_epoch)
+    settings = {"preset": preset, **dataclasses.asdict(cfg), "shards": index.fingerprint()}
 
     # model, optimiser, schedule
     torch.manual_seed(cfg.seed)
@@ -147,10 +218,15 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     state: dict = {}
     ckpt_dir = run / "checkpoints"
     log_path = run / "log.jsonl"
-    resume_from = ckpt_dir / "last.pt" if cfg.resume == "auto" else (None if cfg.resume == "never"
-                                                                       else Path(cfg.resume))
-    if resume_from is not None and resume_from.is_file():
+    # rank 0 decides; every rank must then see the same file (a run folder on storage all nodes share)
+    resume_from = dist.broadcast_object(resume_point(run, cfg) if main else None)
+    if not dist.all_true(resume_from is None or resume_from.is_file(), device):
+        raise TrainingStopped(f"some rank cannot see {resume_from}: with several nodes the run folder must be on "
+                              f"storage every node shares")
+    diff: list[str] = []
+    if resume_from is not None:
         state = load_checkpoint(resume_from)
+        diff = refuse_other_settings(state, resume_from, settings, cfg)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -158,9 +234,8 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         step = state["step"]
         if main:
             truncate_log(log_path, step)
-            print(f"resumed from {resume_from} at step {step} (epoch {step // steps_per_epoch})")
-    elif cfg.resume not in ("auto", "never"):
-        raise TrainingStopped(f"resume={cfg.resume}: no such checkpoint")
+            print(f"resumed from {resume_from} at step {step} (epoch {step // steps_per_epoch})"
+                  + (f"; with other settings (resume=force): {'; '.join(diff)}" if diff else ""), flush=True)
     elif main and log_path.is_file():  # a fresh start: the log of an earlier attempt would repeat steps
         log_path.unlink()
     monitor_best = -1.0
@@ -185,16 +260,27 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     if cfg.compile:
         train_model = torch.compile(train_model)
 
+    # the run record: one line per launch; every rank checks it can read it (shared storage)
+    token = dist.broadcast_object(f"{time.time_ns()}-{os.getpid()}" if main else None)
     if main:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.toml").write_text(to_toml(cfg))
+        append_jsonl(run / "launches.jsonl", {"token": token, **launch, "preset": preset, "shards": str(shards),
+                                              "shards_fingerprint": settings["shards"],
+                                              "resumed_from": str(resume_from) if resume_from else None,
+                                              "resumed_step": step, "settings_changed": diff})
+    dist.all_true(True, device)  # rank 0 has written it
+    launches = run / "launches.jsonl"
+    if not dist.all_true(launches.is_file() and token in launches.read_text(), device):
+        raise TrainingStopped(f"some rank cannot read {launches}, which rank 0 has just written: with several "
+                              f"nodes the run folder must be on storage every node shares")
 
     def checkpoint(path: Path, epoch: int) -> None:
         # the data stream's position is the step: every step's batch and augmentation are seeded by it
         save_checkpoint(path, model, optimizer, scheduler, scaler, epoch, step, cfg,
                         {"data": {"step": step, "epoch": step // steps_per_epoch,
                                   "step_in_epoch": step % steps_per_epoch, "clips": n_clips},
-                         "monitor_best": monitor_best})
+                         "monitor_best": monitor_best, "run": {"preset": preset, "shards": settings["shards"]}})
 
     def watch() -> dict:
         """The monitor's scores now (rank 0), and checkpoints/best.pt when the expression score improved."""
@@ -208,23 +294,27 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
     gen = torch.Generator(device=device)
     last_ckpt = time.time()
     bad_steps = 0
+    stop_signal = 0
     totals = {"hardneg_missing": 0, "hardneg_other_clip": 0, "swaps": 0, "anchors": 0, "skipped_steps": 0,
               "unreadable": 0, "masked_pairs": 0, "distinct_clips": 0}
     history: list[dict] = []
-    bar = tqdm(total=total_steps, initial=step, desc="pretrain", unit="step", disable=not main,
-               dynamic_ncols=True)
+    bar = progress(total=total_steps, initial=step, desc="pretrain", unit="step", disable=not main,
+                   dynamic_ncols=True)
     t_start = time.time()
     # one stream for the rest of the run: epochs only mark where the plan, the schedule and the checkpoint
     # rule turn over
     stream = BatchStream(index, cfg, rank, world, step, total_steps, steps_per_epoch,
                          augment_here=not cuda and cfg.workers > 0)
-    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda))
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda,
+                                              worker_init_fn=ignore_in_worker))
     epoch_top1: list[float] = []
     if monitor and step == 0:  # the starting point of the curves
-        run.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "a") as f:
-            f.write(json.dumps({"step": 0, **watch()}) + "\n")
-    while step < total_steps:
+        first = {"step": 0, **watch()}
+        append_jsonl(log_path, first)
+        if logger:
+            logger.write(first)
+        plot_curves(log_path, run / "curves.png")
+    while step < total_steps and not stop_signal:
         t_wait = time.perf_counter()
         try:
             batch, error = next(loader), None
@@ -261,7 +351,11 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
         loss = out["loss"]
         optimizer.zero_grad(set_to_none=True)
         step += 1
-        if not dist.all_true(bool(torch.isfinite(loss)), device):  # every rank skips the step together
+        # one collective for two decisions: skip the step (a rank's loss is not finite), stop after it (a
+        # rank caught SIGUSR1/SIGTERM; the highest signal number wins, so SIGTERM over SIGUSR1)
+        not_finite, stop_signal = dist.reduce_max([0 if bool(torch.isfinite(loss)) else 1,
+                                                   signals.received or 0 if signals else 0], device)
+        if not_finite:  # every rank skips the step together
             bad_steps += 1
             totals["skipped_steps"] += 1
             scheduler.step()
@@ -301,19 +395,24 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
                 record["unreadable"] = unreadable
             if cuda:
                 record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-        if monitor and (step % cfg.monitor_every == 0 or step == total_steps):
+        watched = monitor and (step % cfg.monitor_every == 0 or step == total_steps)
+        if watched:
             record.update(watch())
         history.append(record)
-        if main and (step % cfg.log_every == 0 or "monitor_seconds" in record or "skipped" in record):
-            with open(log_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        if main and (step % cfg.log_every == 0 or watched or "skipped" in record):
+            append_jsonl(log_path, record)
+            if logger:
+                logger.write(record)
             if "loss" in record:
                 bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {record['top1']:.2f} "
                                     f"{record['images_per_s']:.0f} img/s wait {record['data_wait']:.0%}")
+            if watched:
+                plot_curves(log_path, run / "curves.png")
         bar.update(1)
         if main and (time.time() - last_ckpt > cfg.ckpt_minutes * 60
                      or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
             checkpoint(ckpt_dir / "last.pt", step // steps_per_epoch)
+            plot_curves(log_path, run / "curves.png")
             last_ckpt = time.time()
         if step % steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
             epoch_done = step // steps_per_epoch
@@ -321,6 +420,19 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
                 checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", epoch_done)
             epoch_top1 = []
     bar.close()
+    if logger:
+        logger.close()
+    if stop_signal and step < total_steps:
+        if main:
+            checkpoint(ckpt_dir / "last.pt", step // steps_per_epoch)
+            plot_curves(log_path, run / "curves.png")
+            append_jsonl(run / "launches.jsonl", {"token": token, "stopped": signal.Signals(stop_signal).name,
+                                                  "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        dist.all_true(True, device)  # the checkpoint is written before any rank exits
+        dist.cleanup()
+        if signals:
+            signals.restore()
+        raise Stopped(stop_signal, step, rank)
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                "clips": n_clips, "shards": len(index.paths), "world": world, "device": device,
                "batch_size": cfg.batch_size, "seconds": round(time.time() - t_start, 1), **totals}
@@ -341,5 +453,8 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig) -> dict:
                 if monitor_best >= 0:
                     summary["monitor_expr_best"] = monitor_best
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
+    dist.all_true(True, device)  # no rank ends before rank 0 has written the run's files
     dist.cleanup()
+    if signals:
+        signals.restore()
     return summary

@@ -75,7 +75,11 @@ class TrainConfig:
     ckpt_minutes: float = option(10.0, "minutes between checkpoints of the last state")
     ckpt_every: int = option(0, "also checkpoint the last state every this many steps (0 = by time only)")
     dist_timeout_min: float = option(10.0, "minutes a rank waits for the others before the run stops")
-    resume: str = option("auto", "auto (continue RUN/checkpoints/last.pt when present) | never | <checkpoint>")
+    resume: str = option("auto", "auto (continue RUN/checkpoints/last.pt when present, refused when it was made "
+                                 "with other settings) | force (continue it anyway) | never (start over) | "
+                                 "<checkpoint>")
+    logger: str = option("jsonl", "jsonl (RUN/log.jsonl, always written) | tensorboard (also RUN/tensorboard/; "
+                                  "needs the tensorboard package: pip install -e '.[tensorboard]')")
     max_bad_steps: int = option(5, "stop after this many consecutive non-finite losses")
     # online monitor
     monitor: str = option("", "folder of labelled expression faces (<class>/*.jpg, e.g. FER2013's train/): the "
