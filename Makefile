@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# another CUDA build of the pinned torch/torchvision, e.g. TORCH_INDEX=https://download.pytorch.org/whl/cu126
+TORCH_INDEX ?=
+TORCH_PINS := $(shell grep -oE '"torch(vision)?==[^"]+"' pyproject.toml | tr -d '"')
 
 DATA ?=
 SHARDS ?= shards
@@ -30,7 +33,8 @@ EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPOR
 
 help:
 	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
-	@echo "make setup                      create .venv with the pinned dependencies (and ffmpeg via apt when root)"
+	@echo "make setup [TORCH_INDEX=<url>]  create .venv with the pinned dependencies (and ffmpeg via apt when root);"
+	@echo "                                TORCH_INDEX: the wheel index of the torch CUDA build your driver runs (README)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
 	@echo "make shards-slurm DATA=<corpus> SHARDS=<dir> PARTS=<n>  a SLURM job array of n parts, then the merge"
@@ -63,7 +67,9 @@ $(STAMP): pyproject.toml
 	  else echo "ffmpeg is missing: install it (e.g. sudo apt-get install ffmpeg) and rerun"; exit 1; fi; fi
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
+	$(if $(TORCH_INDEX),$(VENV)/bin/pip install -q --index-url "$(TORCH_INDEX)" $(TORCH_PINS))
 	$(VENV)/bin/pip install -q -e '.[test]'
+	@$(PY) -c "import torch; print(f'torch {torch.__version__} (CUDA build {torch.version.cuda}); GPUs usable here: {torch.cuda.device_count()}')"
 	touch $@
 
 demo: setup

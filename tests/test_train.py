@@ -394,14 +394,17 @@ def _log(run):
     return {r["step"]: r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())}
 
 
-def test_resume_after_kill_equals_an_uninterrupted_run(train_shards, tmp_path):
-    """20 steps in one go, and 10 + kill -9 + 10 resumed: the logged losses of steps 11-20 are equal."""
+def test_resume_after_kill_or_sigterm_equals_an_uninterrupted_run(train_shards, tmp_path):
+    """20 steps in one go; 10 + kill -9 + 10 resumed; and SIGTERM mid-run (exit 143 after a checkpoint of the
+    step it was in) + resumed: the logged losses of the later steps are equal. The progress of a run whose
+    output is not a terminal is plain lines, no bar redraws."""
     args = ["--preset", "sslfer", *TINY, "workers=2", "batch_size=8", "max_steps=20",
             "warm_epochs=1", "seed=3"]
     whole = tmp_path / "whole"
     done = subprocess.run([sys.executable, "-m", "train", str(train_shards), str(whole), *args], cwd=ROOT, capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.startswith("pretrain: device cpu, world 1 = 1 node(s) x 1 rank(s) (single process)")
     run = tmp_path / "resumed"
     cmd = [sys.executable, "-m", "train", str(train_shards), str(run), *args, "ckpt_every=10", "ckpt_minutes=1000"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -421,6 +424,114 @@ def test_resume_after_kill_equals_an_uninterrupted_run(train_shards, tmp_path):
     assert sorted(b) == list(range(1, 21))
     for s in range(11, 21):
         assert b[s]["loss"] == a[s]["loss"] and b[s]["top1"] == a[s]["top1"], s
+
+    termed = tmp_path / "termed"
+    cmd = [sys.executable, "-m", "train", str(train_shards), str(termed), *args, "ckpt_minutes=1000"]
+    with open(tmp_path / "termed.err", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True,
+                                env={**os.environ, "SSLFER_PROGRESS_S": "0.5"})
+        log = termed / "log.jsonl"
+        while time.time() < deadline and (not log.is_file() or len(log.read_text().splitlines()) < 3):
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 143, out
+    stopped = torch.load(termed / "checkpoints" / "last.pt", weights_only=True)["step"]
+    assert 3 <= stopped < 20 and f"stopped by SIGTERM after step {stopped}" in out
+    assert sorted(_log(termed)) == list(range(1, stopped + 1))
+    progress = (tmp_path / "termed.err").read_text()
+    assert "\r" not in progress and "pretrain: " in progress and " step/s" in progress
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    c = _log(termed)
+    assert sorted(c) == list(range(1, 21)) and all(c[s]["loss"] == a[s]["loss"] for s in range(1, 21))
+    launches = [json.loads(line) for line in (termed / "launches.jsonl").read_text().splitlines()]
+    assert [x.get("stopped") for x in launches] == [None, "SIGTERM", None]
+    assert launches[2]["resumed_step"] == stopped and launches[0]["git_commit"] != ""
+    assert launches[0]["command"][-len(args) - 1:] == [*args, "ckpt_minutes=1000"]
+    assert {"torch", "numpy", "pyarrow"} <= set(launches[0]["packages"])
+
+
+def test_resume_refuses_other_settings_unless_forced(train_shards, tmp_path):
+    run = tmp_path / "run"
+    base = [sys.executable, "-m", "train", str(train_shards), str(run), *TINY, "max_steps=2"]
+    assert subprocess.run([*base, "--preset", "sslfer"], cwd=ROOT, capture_output=True).returncode == 0
+    config_before = (run / "config.toml").read_text()
+    other = subprocess.run([*base, "--preset", "simclr", "batch_size=8"], cwd=ROOT, capture_output=True, text=True)
+    assert other.returncode == 2
+    error = other.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"error: {run}/checkpoints/last.pt was made with other settings: preset 'sslfer' -> "
+                            f"'simclr'; timeaug True -> False")
+    assert "batch_size 4 -> 8" in error and "resume=force" in error
+    assert (run / "config.toml").read_text() == config_before
+    # options that change only how it runs (workers, logging, checkpoints) may change
+    same = subprocess.run([*base, "--preset", "sslfer", "workers=1", "log_every=5"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert same.returncode == 0, same.stderr[-2000:]
+    forced = subprocess.run([*base, "--preset", "simclr", "resume=force"], cwd=ROOT, capture_output=True, text=True)
+    assert forced.returncode == 0 and "with other settings (resume=force): preset 'sslfer' -> 'simclr'" in forced.stdout
+    changed = [json.loads(x)["settings_changed"] for x in (run / "launches.jsonl").read_text().splitlines()]
+    assert changed[0] == changed[1] == [] and "preset 'sslfer' -> 'simclr'" in changed[2]
+
+
+def test_settings_diff_compares_what_changes_the_result():
+    from train.checkpoint import settings_diff
+
+    saved = {"preset": "sslfer", "lr": 3e-4, "workers": 4, "shards": "aa", "seed": 0, "monitor": ""}
+    now = {"preset": "sslfer", "lr": 1e-3, "workers": 8, "shards": "bb", "seed": 0, "monitor": "/x",
+           "logger": "tensorboard"}
+    assert settings_diff(saved, now) == ["lr 0.0003 -> 0.001", "shards 'aa' -> 'bb'"]
+
+
+def test_launch_env_from_torchrun_srun_or_none():
+    from train.distributed import launch_env
+
+    assert launch_env({}) is None
+    assert launch_env({"WORLD_SIZE": "4", "RANK": "2", "LOCAL_RANK": "0"}) == {
+        "launcher": "torchrun", "rank": 2, "world": 4, "local_rank": 0}
+    step = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "9", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "1",
+            "SLURM_NTASKS": "16"}
+    assert launch_env(step) == {"launcher": "srun", "rank": 9, "world": 16, "local_rank": 1}
+    batch_script = {k: v for k, v in step.items() if k != "SLURM_STEP_ID"}  # python run by the batch script
+    assert launch_env(batch_script) is None
+    assert launch_env({**step, "SLURM_STEP_NUM_TASKS": "1", "SLURM_NTASKS": "1"}) is None
+
+
+def test_hardware_checks_stop_a_cpu_fallback_and_warn_of_idle_gpus():
+    from train.runinfo import LaunchError, check_hardware
+
+    cpu = {"host": "n1", "device": "cpu", "cuda_visible": 0, "nvidia_smi": 8}
+    with pytest.raises(LaunchError, match="nvidia-smi shows 8 GPU.* cannot use them.*device=cpu"):
+        check_hardware([cpu], "auto")
+    assert "cannot use them" in check_hardware([cpu], "cpu")[0]
+    one = [{"host": "n1", "device": "cuda:0", "cuda_visible": 8, "nvidia_smi": 8}]
+    assert check_hardware(one, "auto") == ["n1: 8 GPUs visible, 1 used (1 rank(s)): 7 sit idle; start one rank per "
+                                           "GPU (make pretrain GPUS=8, or make pretrain-slurm GPUS_PER_NODE=8)"]
+    full = [{"host": h, "device": f"cuda:{i}", "cuda_visible": 8} for h in ("n1", "n2") for i in range(8)]
+    assert check_hardware(full, "auto") == []
+    assert check_hardware([{"host": "n1", "device": "cpu", "cuda_visible": 0, "nvidia_smi": None}], "auto") == []
+
+
+def test_gpus_that_torch_cannot_use_stop_a_device_auto_run_before_any_work(train_shards, tmp_path):
+    """A CPU-only torch on a GPU node (nvidia-smi answers, torch sees no CUDA): one line, exit 2, no run."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"  # the driver's tool as this machine would answer with two GPUs
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H200 (UUID: GPU-0)'\necho 'GPU 1: NVIDIA H200 (UUID: GPU-1)'\n")
+    smi.chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    from train.runinfo import nvidia_smi_gpus
+
+    os.environ["PATH"], path = env["PATH"], os.environ["PATH"]
+    try:
+        assert nvidia_smi_gpus() == 2
+    finally:
+        os.environ["PATH"] = path
+    done = subprocess.run([sys.executable, "-m", "train", str(train_shards), str(tmp_path / "run"), *TINY,
+                           "max_steps=1"], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("error: ") and "nvidia-smi shows 2 GPU(s)" in done.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def _fault_worker(rank, port, shards, run, preset, fault, queue):

@@ -40,6 +40,19 @@ class StopSignals:
 
 def ignore_in_worker(_worker_id: int = 0) -> None:
     """DataLoader worker_init_fn: SLURM signals every process of a job step; a worker killed by it would make
-    the main process fail mid-step. The main process decides; its workers end when it closes the loader."""
+    the main process fail mid-step (torch raises when a worker dies). The main process decides, and ends its
+    workers itself with `close_loader`."""
     for s in EXIT_STATUS:
         signal.signal(s, signal.SIG_IGN)
+
+
+def close_loader(iterator) -> None:
+    """End a DataLoader iterator's workers now: they ignore SIGTERM, so the terminate() that multiprocessing
+    sends at interpreter exit would not end them and the exit would wait for them forever."""
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(iterator, "_workers", []):
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)

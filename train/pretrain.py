@@ -27,7 +27,7 @@ from train.data import BatchStream, ShardIndex, anchors_per_step, augment_option
 from train.losses import false_negatives, info_nce, near_duplicates
 from train.models import build_model
 from train.plan import steps_per_epoch as plan_steps
-from train.preemption import Stopped, StopSignals, ignore_in_worker
+from train.preemption import Stopped, StopSignals, close_loader, ignore_in_worker
 from train.settings import TrainConfig
 
 
@@ -305,8 +305,6 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str 
     # rule turn over
     stream = BatchStream(index, cfg, rank, world, step, total_steps, steps_per_epoch,
                          augment_here=not cuda and cfg.workers > 0)
-    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda,
-                                              worker_init_fn=ignore_in_worker))
     epoch_top1: list[float] = []
     if monitor and step == 0:  # the starting point of the curves
         first = {"step": 0, **watch()}
@@ -314,112 +312,117 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str 
         if logger:
             logger.write(first)
         plot_curves(log_path, run / "curves.png")
-    while step < total_steps and not stop_signal:
-        t_wait = time.perf_counter()
-        try:
-            batch, error = next(loader), None
-        except StopIteration:
-            batch, error = None, "the data stream ended early"
-        except Exception as e:  # noqa: BLE001 - any data error: every rank must hear of it, not wait forever
-            # from a loader worker, the message ends with the original exception's last line
-            lines = str(e).strip().splitlines()
-            batch, error = None, (lines[-1] if len(lines) > 1 else f"{type(e).__name__}: {e}")
-        if error is None and batch["step"] != step:
-            error = f"internal: the data stream gave step {batch['step']}'s batch at step {step}"
-        if not dist.all_true(error is None, device):
-            raise TrainingStopped("data error, every rank stopped: " + "; ".join(dist.gather_messages(error)))
-        t_got = time.perf_counter()
-        if "views" in batch:  # augmented by the loader workers (CPU training)
-            x = batch["views"]
-        else:
-            gen.manual_seed(step_seed(cfg.seed, step, rank))
-            images = batch["images"].to(device, non_blocking=True)
-            boxes = batch["boxes"].to(device, non_blocking=True)
-            x, _ = augment(images, boxes, cfg.image_size, gen, **augment_options(cfg, len(images)))
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        half = len(x) // 2
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-            if cfg.method == "simclr":
-                out = contrastive_step(train_model(x).float(), batch["region"].to(device),
-                                       batch["speaker"].to(device), batch["clip"].to(device),
-                                       batch["time"].to(device), cfg)
+    loader = iter(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers, pin_memory=cuda,
+                                              worker_init_fn=ignore_in_worker))
+    try:
+        while step < total_steps and not stop_signal:
+            t_wait = time.perf_counter()
+            try:
+                batch, error = next(loader), None
+            except StopIteration:
+                batch, error = None, "the data stream ended early"
+            except Exception as e:  # noqa: BLE001 - any data error: every rank must hear of it, not wait forever
+                # from a loader worker, the message ends with the original exception's last line
+                lines = str(e).strip().splitlines()
+                batch, error = None, (lines[-1] if len(lines) > 1 else f"{type(e).__name__}: {e}")
+            if error is None and batch["step"] != step:
+                error = f"internal: the data stream gave step {batch['step']}'s batch at step {step}"
+            if not dist.all_true(error is None, device):
+                raise TrainingStopped("data error, every rank stopped: " + "; ".join(dist.gather_messages(error)))
+            t_got = time.perf_counter()
+            if "views" in batch:  # augmented by the loader workers (CPU training)
+                x = batch["views"]
             else:
-                if cfg.method == "byol":
-                    unwrap(model).progress = step / max(total_steps, 1)
-                out = train_model(x[:half], x[half:])
-        loss = out["loss"]
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        # one collective for two decisions: skip the step (a rank's loss is not finite), stop after it (a
-        # rank caught SIGUSR1/SIGTERM; the highest signal number wins, so SIGTERM over SIGUSR1)
-        not_finite, stop_signal = dist.reduce_max([0 if bool(torch.isfinite(loss)) else 1,
-                                                   signals.received or 0 if signals else 0], device)
-        if not_finite:  # every rank skips the step together
-            bad_steps += 1
-            totals["skipped_steps"] += 1
-            scheduler.step()
-            if bad_steps >= cfg.max_bad_steps:
-                raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
-                                      f"{step}, on some rank); lower lr or check the shards")
-            record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "skipped": "loss not finite"}
-        else:
-            bad_steps = 0
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
+                gen.manual_seed(step_seed(cfg.seed, step, rank))
+                images = batch["images"].to(device, non_blocking=True)
+                boxes = batch["boxes"].to(device, non_blocking=True)
+                x, _ = augment(images, boxes, cfg.image_size, gen, **augment_options(cfg, len(images)))
             if cuda:
-                torch.cuda.synchronize()
-            t_done = time.perf_counter()
-            stats = batch["stats"]
-            local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
-                     stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
-            summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
-            top1 = float(summed[0]) / world
-            distinct, missing, other, swaps, unreadable = (int(round(float(v))) for v in summed[1:])
-            masked = int(float(out.get("masked_pairs", 0)))
-            for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
-                         ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
-                totals[k] += v
-            totals["anchors"] += anchors
-            epoch_top1.append(top1)
-            record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
-                      "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
-                      "images_per_s": len(x) * world / (t_done - t_wait),
-                      "data_wait": (t_got - t_wait) / (t_done - t_wait),
-                      "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
-                      "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
-            if "l2" in out:
-                record["l2"] = float(out["l2"].detach())
-            if unreadable:
-                record["unreadable"] = unreadable
-            if cuda:
-                record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
-        watched = monitor and (step % cfg.monitor_every == 0 or step == total_steps)
-        if watched:
-            record.update(watch())
-        history.append(record)
-        if main and (step % cfg.log_every == 0 or watched or "skipped" in record):
-            append_jsonl(log_path, record)
-            if logger:
-                logger.write(record)
-            if "loss" in record:
-                bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {record['top1']:.2f} "
-                                    f"{record['images_per_s']:.0f} img/s wait {record['data_wait']:.0%}")
+                x = x.contiguous(memory_format=torch.channels_last)
+            half = len(x) // 2
+            with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+                if cfg.method == "simclr":
+                    out = contrastive_step(train_model(x).float(), batch["region"].to(device),
+                                           batch["speaker"].to(device), batch["clip"].to(device),
+                                           batch["time"].to(device), cfg)
+                else:
+                    if cfg.method == "byol":
+                        unwrap(model).progress = step / max(total_steps, 1)
+                    out = train_model(x[:half], x[half:])
+            loss = out["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            # one collective for two decisions: skip the step (a rank's loss is not finite), stop after it (a
+            # rank caught SIGUSR1/SIGTERM; the highest signal number wins, so SIGTERM over SIGUSR1)
+            not_finite, stop_signal = dist.reduce_max([0 if bool(torch.isfinite(loss)) else 1,
+                                                       signals.received or 0 if signals else 0], device)
+            if not_finite:  # every rank skips the step together
+                bad_steps += 1
+                totals["skipped_steps"] += 1
+                scheduler.step()
+                if bad_steps >= cfg.max_bad_steps:
+                    raise TrainingStopped(f"loss was not finite for {bad_steps} steps in a row (last at step "
+                                          f"{step}, on some rank); lower lr or check the shards")
+                record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "skipped": "loss not finite"}
+            else:
+                bad_steps = 0
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                if cuda:
+                    torch.cuda.synchronize()
+                t_done = time.perf_counter()
+                stats = batch["stats"]
+                local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
+                         stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
+                summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
+                top1 = float(summed[0]) / world
+                distinct, missing, other, swaps, unreadable = (int(round(float(v))) for v in summed[1:])
+                masked = int(float(out.get("masked_pairs", 0)))
+                for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
+                             ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
+                    totals[k] += v
+                totals["anchors"] += anchors
+                epoch_top1.append(top1)
+                record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
+                          "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
+                          "images_per_s": len(x) * world / (t_done - t_wait),
+                          "data_wait": (t_got - t_wait) / (t_done - t_wait),
+                          "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
+                          "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
+                if "l2" in out:
+                    record["l2"] = float(out["l2"].detach())
+                if unreadable:
+                    record["unreadable"] = unreadable
+                if cuda:
+                    record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
+            watched = monitor and (step % cfg.monitor_every == 0 or step == total_steps)
             if watched:
+                record.update(watch())
+            history.append(record)
+            if main and (step % cfg.log_every == 0 or watched or "skipped" in record):
+                append_jsonl(log_path, record)
+                if logger:
+                    logger.write(record)
+                if "loss" in record:
+                    bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {record['top1']:.2f} "
+                                        f"{record['images_per_s']:.0f} img/s wait {record['data_wait']:.0%}")
+                if watched:
+                    plot_curves(log_path, run / "curves.png")
+            bar.update(1)
+            if main and (time.time() - last_ckpt > cfg.ckpt_minutes * 60
+                         or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+                checkpoint(ckpt_dir / "last.pt", step // steps_per_epoch)
                 plot_curves(log_path, run / "curves.png")
-        bar.update(1)
-        if main and (time.time() - last_ckpt > cfg.ckpt_minutes * 60
-                     or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
-            checkpoint(ckpt_dir / "last.pt", step // steps_per_epoch)
-            plot_curves(log_path, run / "curves.png")
-            last_ckpt = time.time()
-        if step % steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
-            epoch_done = step // steps_per_epoch
-            if main and epoch_done % 5 == 0 and epoch_top1 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
-                checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", epoch_done)
-            epoch_top1 = []
-    bar.close()
+                last_ckpt = time.time()
+            if step % steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
+                epoch_done = step // steps_per_epoch
+                if main and epoch_done % 5 == 0 and epoch_top1 and sum(epoch_top1) / len(epoch_top1) >= 0.6:
+                    checkpoint(ckpt_dir / f"epoch-{epoch_done:04d}.pt", epoch_done)
+                epoch_top1 = []
+    finally:
+        close_loader(loader)
+        bar.close()
     if logger:
         logger.close()
     if stop_signal and step < total_steps:
