@@ -372,26 +372,6 @@ def test_merge_validates_parts_and_handles_empty_ones(good_corpus, tmp_path):
         merge_parts(shards)
 
 
-def test_slurm_array_scripts_run_parts_concurrently_then_merge(good_corpus, tmp_path, built):
-    """The job-array script run as SLURM would (3 tasks at once on one SHARDS, then the merge script)."""
-    reference, _ = built
-    shards = tmp_path / "s"
-    env = {**os.environ, "DATA": str(good_corpus), "SHARDS": str(shards), "N": "3", "PYTHON": sys.executable,
-           "SLURM_SUBMIT_DIR": str(ROOT), "ARGS": "region_weights=random workers=1 faceswap=false"}
-    tasks = [subprocess.Popen(["bash", str(ROOT / "configs" / "slurm" / "shards.sbatch")], cwd=tmp_path,
-                              env={**env, "SLURM_ARRAY_TASK_ID": str(i)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for i in range(3)]
-    for t in tasks:
-        assert t.wait(timeout=600) == 0, t.stderr.read()[-2000:]
-    merged = subprocess.run(["bash", str(ROOT / "configs" / "slurm" / "shards-merge.sbatch")], cwd=tmp_path,
-                            env=env, capture_output=True, text=True)
-    assert merged.returncode == 0, merged.stderr[-2000:]
-    rows = read_manifest(shards).to_pylist()
-    ref = read_manifest(reference).to_pylist()
-    assert sorted((r["key"], r["frame"]) for r in rows) == sorted((r["key"], r["frame"]) for r in ref)
-    assert sum(len(s) for s in read_samples(shards)) == len(rows)
-
-
 def test_packing_is_incremental(good_corpus, tmp_path, photos):
     corpus = tmp_path / "corpus"
     shutil.copytree(good_corpus, corpus)

@@ -474,6 +474,24 @@ def test_resume_refuses_other_settings_unless_forced(train_shards, tmp_path):
     assert changed[0] == changed[1] == [] and "preset 'sslfer' -> 'simclr'" in changed[2]
 
 
+def test_tensorboard_logger_writes_the_log_as_scalars(train_shards, tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from train.pretrain import TrainingStopped, pretrain
+
+    pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=3", "logger=tensorboard"))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    logged = _log(tmp_path / "run")
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3]
+    assert [e.value for e in events.Scalars("loss")] == pytest.approx([logged[s]["loss"] for s in (1, 2, 3)])
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    with pytest.raises(TrainingStopped, match=r"logger=tensorboard needs the tensorboard package: .*\[tensorboard\]"):
+        pretrain(train_shards, tmp_path / "run2", config("simclr", "max_steps=1", "logger=tensorboard"))
+    assert not (tmp_path / "run2").exists()
+
+
 def test_settings_diff_compares_what_changes_the_result():
     from train.checkpoint import settings_diff
 

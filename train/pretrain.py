@@ -83,8 +83,8 @@ def plot_curves(log_path: Path, out: Path) -> None:
         return
     keys = [k for k in ("loss", "l1", "l2", "top1", "lr", "monitor_expr_knn", "monitor_id_knn")
             if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8))
-    for ax, k in zip(axes, keys):
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
         ax.plot([r["step"] for r in rows if k in r], [r[k] for r in rows if k in r], lw=1,
                 marker="o" if k.startswith("monitor") else None, ms=3)
         ax.set_title({"monitor_expr_knn": "expression kNN acc", "monitor_id_knn": "FR-KNN acc (identity)"}.get(k, k))
@@ -148,28 +148,39 @@ class TensorBoard:
     """logger=tensorboard: every numeric field of the log rows as a scalar in RUN/tensorboard/."""
 
     def __init__(self, run: Path):
-        try:
+        try:  # at start, so that a missing package stops the run before any work
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise TrainingStopped("logger=tensorboard needs the tensorboard package: "
                                   ".venv/bin/pip install -e '.[tensorboard]' (or logger=jsonl)") from None
-        self.writer = SummaryWriter(str(run / "tensorboard"))
+        self.folder, self.make_writer, self.writer = run / "tensorboard", SummaryWriter, None
 
     def write(self, record: dict) -> None:
+        if self.writer is None:
+            self.writer = self.make_writer(str(self.folder))
         for k, v in record.items():
             if k not in ("step", "epoch") and isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.writer.add_scalar(k, v, record["step"])
 
     def close(self) -> None:
-        self.writer.close()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str | None = None,
              argv: list[str] | None = None) -> dict:
     """Train, resuming RUN when it holds a checkpoint. Raises Stopped after checkpointing when SIGUSR1 or
     SIGTERM arrives (the scheduler's), TrainingStopped when the run cannot go on."""
-    run = Path(run)
     signals = StopSignals() if threading.current_thread() is threading.main_thread() else None
+    try:
+        return train_run(shards, Path(run), cfg, preset, argv, signals)
+    finally:
+        if signals:
+            signals.restore()
+
+
+def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | None, argv: list[str] | None,
+              signals: StopSignals | None) -> dict:
     device = resolve_device(cfg.device)
     rank, world, device = dist.setup(device, cfg.dist_timeout_min)
     main = rank == 0
@@ -433,8 +444,6 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str 
                                                   "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         dist.all_true(True, device)  # the checkpoint is written before any rank exits
         dist.cleanup()
-        if signals:
-            signals.restore()
         raise Stopped(stop_signal, step, rank)
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                "clips": n_clips, "shards": len(index.paths), "world": world, "device": device,
@@ -458,6 +467,4 @@ def pretrain(shards: str | Path, run: str | Path, cfg: TrainConfig, preset: str 
         (run / "summary.json").write_text(json.dumps(summary, indent=2))
     dist.all_true(True, device)  # no rank ends before rank 0 has written the run's files
     dist.cleanup()
-    if signals:
-        signals.restore()
     return summary
