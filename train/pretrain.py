@@ -193,7 +193,8 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
             print(f"warning: {w}", flush=True)
     if cfg.logger not in ("jsonl", "tensorboard"):
         raise TrainingStopped(f"logger={cfg.logger!r}: expected jsonl or tensorboard")
-    logger = TensorBoard(run) if main and cfg.logger == "tensorboard" else None
+    tensorboard = TensorBoard(run) if cfg.logger == "tensorboard" else None  # every rank checks the package
+    logger = tensorboard if main else None
 
     # data: the manifest says what the shards hold; the index says where each clip sample lies
     manifest = read_manifest(shards)
@@ -230,7 +231,13 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
     ckpt_dir = run / "checkpoints"
     log_path = run / "log.jsonl"
     # rank 0 decides; every rank must then see the same file (a run folder on storage all nodes share)
-    resume_from = dist.broadcast_object(resume_point(run, cfg) if main else None)
+    try:
+        resume_from, resume_error = (resume_point(run, cfg) if main else None), None
+    except TrainingStopped as e:
+        resume_from, resume_error = None, str(e)
+    resume_from, resume_error = dist.broadcast_object((resume_from, resume_error))
+    if resume_error:
+        raise TrainingStopped(resume_error)
     if not dist.all_true(resume_from is None or resume_from.is_file(), device):
         raise TrainingStopped(f"some rank cannot see {resume_from}: with several nodes the run folder must be on "
                               f"storage every node shares")
