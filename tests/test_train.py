@@ -522,6 +522,7 @@ def test_hardware_checks_stop_a_cpu_fallback_and_warn_of_idle_gpus():
     with pytest.raises(LaunchError, match="nvidia-smi shows 8 GPU.* cannot use them.*device=cpu"):
         check_hardware([cpu], "auto")
     assert "cannot use them" in check_hardware([cpu], "cpu")[0]
+    assert check_hardware([{**cpu, "cuda_visible_devices": ""}], "auto") == []  # CUDA_VISIBLE_DEVICES= hides them
     one = [{"host": "n1", "device": "cuda:0", "cuda_visible": 8, "nvidia_smi": 8}]
     assert check_hardware(one, "auto") == ["n1: 8 GPUs visible, 1 used (1 rank(s)): 7 sit idle; start one rank per "
                                            "GPU (make pretrain GPUS=8, or make pretrain-slurm GPUS_PER_NODE=8)"]

@@ -100,6 +100,18 @@ def append_jsonl(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def shows(path: Path, text: str, wait_s: float = 60.0) -> bool:
+    """Whether the file holds text, waiting up to wait_s for it: another node's write may reach a network
+    file system's client cache seconds later."""
+    deadline = time.time() + wait_s
+    while True:
+        if path.is_file() and text in path.read_text():
+            return True
+        if time.time() > deadline:
+            return False
+        time.sleep(1.0)
+
+
 def truncate_log(log_path: Path, step: int) -> None:
     """On resume: drop the log rows of steps after the checkpoint (they will be made again)."""
     if log_path.is_file():
@@ -289,7 +301,7 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
                                               "resumed_step": step, "settings_changed": diff})
     dist.all_true(True, device)  # rank 0 has written it
     launches = run / "launches.jsonl"
-    if not dist.all_true(launches.is_file() and token in launches.read_text(), device):
+    if not dist.all_true(shows(launches, token), device):
         raise TrainingStopped(f"some rank cannot read {launches}, which rank 0 has just written: with several "
                               f"nodes the run folder must be on storage every node shares")
 

@@ -61,7 +61,8 @@ def check_hardware(views: list[dict], requested: str) -> list[str]:
         smi = max((v.get("nvidia_smi") or 0) for v in vs)
         visible = max(v["cuda_visible"] for v in vs)
         on_gpu = sum(v["device"].startswith("cuda") for v in vs)
-        if smi and not visible:
+        hidden = all(v.get("cuda_visible_devices") in ("", "-1") for v in vs)  # hidden on purpose
+        if smi and not visible and not hidden:
             why = (f"{host}: nvidia-smi shows {smi} GPU(s) but {build} cannot use them (a CPU-only build, or a "
                    f"CUDA build newer than the driver supports: see the README's 'A cluster's own torch')")
             if requested == "auto":
