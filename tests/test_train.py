@@ -492,6 +492,22 @@ def test_tensorboard_logger_writes_the_log_as_scalars(train_shards, tmp_path, mo
     assert not (tmp_path / "run2").exists()
 
 
+def test_maskfn_on_landmark_descriptor_shards_says_so(good_corpus, tmp_path):
+    shards = tmp_path / "shards"
+    build(good_corpus, shards, "region_descriptor=landmarks", "faceswap=false")
+    run = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "train", str(shards), str(run), "--preset", "sslfer", *TINY,
+                           "faceswap=false", "max_steps=2"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("warning: MaskFN runs on the shards' region descriptor 'landmarks' (144-d)") == 1
+    assert "MaskFN        on the shards' 'landmarks' region descriptor (not the paper's" in done.stdout
+    assert json.loads((run / "summary.json").read_text())["maskfn_descriptor"] == "landmarks"
+    assert json.loads((run / "launches.jsonl").read_text())["region_descriptor"] == "landmarks"
+    simclr = subprocess.run([sys.executable, "-m", "train", str(shards), str(tmp_path / "s"), "--preset", "simclr",
+                             *TINY, "max_steps=1"], cwd=ROOT, capture_output=True, text=True)
+    assert simclr.returncode == 0 and "MaskFN" not in simclr.stdout  # no MaskFN, nothing to say
+
+
 def test_settings_diff_compares_what_changes_the_result():
     from train.checkpoint import settings_diff
 

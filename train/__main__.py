@@ -53,6 +53,9 @@ def main(argv=None) -> int:
               f"positives     {s['swaps']} FaceSwap/CutMix; hard negatives: {s['hardneg_other_clip']} from another "
               f"clip of the speaker, {s['hardneg_missing']} missing; {s['skipped_steps']} steps skipped, "
               f"{s['unreadable']} unreadable clips\n"
+              + (f"MaskFN        on the shards' {s['maskfn_descriptor']!r} region descriptor"
+                 + ("" if s["maskfn_descriptor"] == "resnet18" else " (not the paper's ResNet18 features)") + "\n"
+                 if s.get("maskfn_descriptor") else "")
               + (f"monitor       expression kNN {s['monitor_expr_knn']:.3f} (best {s['monitor_expr_best']:.3f}, "
                  f"checkpoints/best.pt)\n" if "monitor_expr_knn" in s else "")
               + (f"monitor       FR-KNN {s['monitor_id_knn']:.3f} (lower = less identity)\n"

@@ -214,6 +214,12 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
     if cfg.faceswap and not any(manifest.column("has_swap").to_pylist()):
         raise TrainingStopped(f"faceswap=true but the shards in {shards} hold no FaceSwap composites "
                               f"(built with faceswap=false?)")
+    meta = manifest.schema.metadata or {}
+    descriptor = meta.get(b"region_descriptor", b"").decode() or "none"
+    if main and cfg.maskfn and descriptor != "resnet18":
+        print(f"warning: MaskFN runs on the shards' region descriptor {descriptor!r} "
+              f"({meta.get(b'region_dim', b'0').decode()}-d), not the paper's ImageNet ResNet18 eye+mouth "
+              f"features: rebuild the shards with region_descriptor=resnet18 for the paper's method", flush=True)
     # built once (rank 0, cached per shard) and sent to the other ranks, so that all of them plan alike
     index = dist.broadcast_object(ShardIndex.build(Path(shards), manifest) if main else None)
     if main:
@@ -297,6 +303,7 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
         (run / "config.toml").write_text(to_toml(cfg))
         append_jsonl(run / "launches.jsonl", {"token": token, **launch, "preset": preset, "shards": str(shards),
                                               "shards_fingerprint": settings["shards"],
+                                              "region_descriptor": descriptor,
                                               "resumed_from": str(resume_from) if resume_from else None,
                                               "resumed_step": step, "settings_changed": diff})
     dist.all_true(True, device)  # rank 0 has written it
@@ -466,7 +473,8 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
         raise Stopped(stop_signal, step, rank)
     summary = {"run": str(run), "steps": step, "epochs": epochs, "steps_per_epoch": steps_per_epoch,
                "clips": n_clips, "shards": len(index.paths), "world": world, "device": device,
-               "batch_size": cfg.batch_size, "seconds": round(time.time() - t_start, 1), **totals}
+               "batch_size": cfg.batch_size, "seconds": round(time.time() - t_start, 1),
+               "maskfn_descriptor": descriptor if cfg.maskfn else None, **totals}
     if main:
         end_epoch = min(epochs, math.ceil(step / steps_per_epoch))
         checkpoint(ckpt_dir / "last.pt", end_epoch)
