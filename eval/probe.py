@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn as nn
-from preprocess.progress import progress
 
 from eval import metrics as M
+from preprocess.progress import progress
 from train.augment import eval_transform, normalize, resized_crop_flip
 
 

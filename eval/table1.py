@@ -77,7 +77,8 @@ def write_slurm(a, train, evals, join) -> Path:
 
     def pretraining(argv: list[str]) -> str:
         # argv: python -m train SHARDS RUN --preset P [options]
-        env = {"WORKDIR": str(cwd), "PYTHON": argv[0], "SHARDS": argv[3], "RUN": argv[4], "PRESET": argv[6], "ARGS": shlex.join(argv[7:])}
+        env = {"WORKDIR": str(cwd), "PYTHON": argv[0], "SHARDS": argv[3], "RUN": argv[4], "PRESET": argv[6],
+               "ARGS": shlex.join(argv[7:])}
         return ("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
                 + f"exec bash {shlex.quote(str(PRETRAIN_SBATCH))}\n")
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from preprocess.progress import progress
 
 from preprocess import faceswap as fs
 from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
@@ -17,6 +16,7 @@ from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, part_name, select_part
 from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
+from preprocess.progress import progress
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig
 

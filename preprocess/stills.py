@@ -12,10 +12,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from preprocess.progress import progress
 
 from preprocess.cache import ArrayWriter, NpyArray, atomic_write_bytes
 from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
+from preprocess.progress import progress
 
 FACE_SIZE = 128
 ALIGN_VERSION = 3

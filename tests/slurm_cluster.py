@@ -108,8 +108,8 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 """)
 
     def _start(self, name: str, argv: list[str], pid_file: Path, timeout: float = 30) -> None:
-        log = open(self.root / "log" / f"{name}.stdout", "ab")
-        done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, timeout=timeout)
+        with open(self.root / "log" / f"{name}.stdout", "ab") as log:  # the daemons fork and keep their own logs
+            done = subprocess.run(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, timeout=timeout)
         deadline = time.time() + timeout
         while time.time() < deadline and not (pid_file.is_file() and pid_file.read_text().strip()):
             time.sleep(0.1)

@@ -35,9 +35,9 @@ def launch_env(environ=os.environ) -> dict | None:
     if int(e.get("WORLD_SIZE", "1")) > 1:
         return {"launcher": "torchrun", "rank": int(e["RANK"]), "world": int(e["WORLD_SIZE"]),
                 "local_rank": int(e.get("LOCAL_RANK", "0"))}
-    if "SLURM_STEP_ID" in e and int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", "1"))) > 1:
-        return {"launcher": "srun", "rank": int(e["SLURM_PROCID"]),
-                "world": int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", "1"))),
+    step_tasks = int(e.get("SLURM_STEP_NUM_TASKS", e.get("SLURM_NTASKS", "1")))
+    if "SLURM_STEP_ID" in e and step_tasks > 1:
+        return {"launcher": "srun", "rank": int(e["SLURM_PROCID"]), "world": step_tasks,
                 "local_rank": int(e.get("SLURM_LOCALID", "0"))}
     return None
 
@@ -127,16 +127,11 @@ def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
 
 def all_true(flag: bool, device: str) -> bool:
     """Whether flag is true on every rank (every rank gets the same answer, so they all act alike)."""
-    return every_rank([flag], device)[0]
-
-
-def every_rank(flags: list[bool], device: str) -> list[bool]:
-    """For each flag, whether it is true on every rank: one collective for several decisions."""
     if not is_distributed():
-        return list(flags)
-    t = torch.tensor([0 if f else 1 for f in flags], device=device)
+        return flag
+    t = torch.tensor([0 if flag else 1], device=device)
     tdist.all_reduce(t)
-    return [int(v) == 0 for v in t.tolist()]
+    return int(t) == 0
 
 
 def reduce_max(values: list[int], device: str) -> list[int]:

@@ -78,7 +78,8 @@ def plot_curves(log_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()] \
+        if log_path.is_file() else []
     if not rows:
         return
     keys = [k for k in ("loss", "l1", "l2", "top1", "lr", "monitor_expr_knn", "monitor_id_knn")
@@ -479,8 +480,7 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
         end_epoch = min(epochs, math.ceil(step / steps_per_epoch))
         checkpoint(ckpt_dir / "last.pt", end_epoch)
         export_backbone(model, run / "backbone.pt")
-        if log_path.is_file():
-            plot_curves(log_path, run / "curves.png")
+        plot_curves(log_path, run / "curves.png")
         trained = [r for r in history if "loss" in r]
         if trained:
             summary.update({k: trained[-1][k] for k in ("loss", "top1")})

@@ -42,7 +42,7 @@ def local_view(device: str) -> dict:
     view = {"host": socket.gethostname(), "device": device, "pid": os.getpid(),
             "cuda_visible": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    if int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0"))) == 0:
+    if (dist.launch_env() or {}).get("local_rank", 0) == 0:  # one nvidia-smi per node
         view["nvidia_smi"] = nvidia_smi_gpus()
     if device.startswith("cuda"):
         view["gpu_name"] = torch.cuda.get_device_name(torch.device(device))
