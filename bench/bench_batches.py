@@ -8,6 +8,12 @@
    ~600 KB clips in 256 MB shards), against an ideal uniform shuffle of the whole corpus every epoch (the same
    steps per epoch). Target >= 0.8.
 3. Planning time per epoch at 15k and 153k clips (VoxCeleb1): it must grow linearly.
+4. HardNeg groups (anchor, its positive, its hard negative, that one's positive) at VoxCeleb1's clip lengths and
+   at 4 s (the shortest clips): how many of a group's four same-identity negative pairs are closer than T2, for
+   `sslfer` (T1 1 s by time, T2 3 s) and `official` (2-6 frames, T2 2.88 s). Baseline: the previous sampler (hard
+   negative >= T2 from the anchor only, its positive unconstrained; every pair closer than T2 masked out of the
+   loss). Now: the hard negative and its positive are drawn >= T2 from both the anchor and its positive when the
+   clip allows, and the mask applies only between groups.
 
 Prints Markdown for docs/performance.md."""
 from __future__ import annotations
@@ -22,6 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.plan import epoch_plan, steps_per_epoch  # noqa: E402
+from train.sampling import (frame_offset_positive, hard_negative, hard_negative_apart,  # noqa: E402
+                            timeaug_positive)
 
 FPS = 25 / 6
 
@@ -119,6 +127,40 @@ def make_up(steps: list[list[tuple[int, int]]]) -> dict:
     return {"distinct": np.mean(distinct), "close": np.mean(close), "same": np.mean(same)}
 
 
+SAMPLERS = {  # preset: (T2, TimeAug positive of frame i of a clip's timestamps, within bounds)
+    "sslfer": (3.0, lambda t, i, rng, b: timeaug_positive(t, i, rng, 1.0, b)),
+    "official": (2.88, lambda t, i, rng, b: frame_offset_positive(len(t), i, rng, [2, 3, 4, 5, 6], [5, 4, 3, 2, 1],
+                                                                  b)),
+}
+
+
+def hardneg_groups(frames: np.ndarray, preset: str, apart: bool, seed: int = 0) -> dict:
+    """Per group: the four negative pairs' distances; with `apart` the sampler of train/data.py (the hard
+    negative >= T2 from anchor and positive, falling back to >= T2 from the anchor), else the previous one."""
+    gap, positive = SAMPLERS[preset]
+    rng = np.random.default_rng(seed)
+    close_groups = close_pairs = fallback = close_with_room = 0
+    for n in frames:
+        t = np.arange(n) / FPS
+        a = int(rng.integers(n))
+        p = positive(t, a, rng, None)
+        found = hard_negative_apart(t, a, p, rng, gap) if apart else None
+        if found is not None:
+            h, hp = found[0], positive(t, found[0], rng, found[1])
+        else:
+            fallback += apart
+            h = hard_negative(t, a, rng, gap)
+            if h is None:  # the sampler takes another clip of the speaker: no pair of one clip
+                continue
+            hp = positive(t, h, rng, None)
+        close = sum(abs(t[i] - t[j]) < gap - 1e-6 for i in (a, p) for j in (h, hp))
+        close_groups += close > 0
+        close_pairs += close
+        close_with_room += close > 0 and found is not None
+    return {"groups": close_groups / len(frames), "pairs": close_pairs / (4 * len(frames)),
+            "fallback": fallback / len(frames), "close_with_room": close_with_room}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", type=int, default=20000, help="corpus for the make-up table")
@@ -126,6 +168,7 @@ def main() -> None:
     ap.add_argument("--mixing-clips", type=int, default=2000)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--per-shard", type=int, default=430, help="clips per shard (256 MB of ~600 KB clips)")
+    ap.add_argument("--groups", type=int, default=100000, help="HardNeg groups simulated per row")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
 
@@ -164,6 +207,19 @@ def main() -> None:
         epoch_plan(shards, steps_per_epoch(n, 128, 1), 128, 1, 512, 16, 0, 0)
         dt = time.perf_counter() - t
         print(f"| {n:,} | {dt:.2f} | {dt / n * 1e6:.1f} |")
+
+    print(f"\n### HardNeg groups: same-identity negatives closer than T2 inside a group ({a.groups:,} groups)\n")
+    print("| preset | clips | previous: groups / pairs masked | now: groups with a pair < T2 where the clip has "
+          "room | now: clip without room (groups) | now: groups / pairs < T2 there, kept as negatives |")
+    print("|---|---|---:|---:|---:|---:|")
+    lengths = {"VoxCeleb1 lengths": voxceleb_clip_frames(a.groups, rng),
+               "4 s": np.full(a.groups, int(4 * FPS))}
+    for preset in SAMPLERS:
+        for name, frames in lengths.items():
+            old = hardneg_groups(frames, preset, apart=False)
+            new = hardneg_groups(frames, preset, apart=True)
+            print(f"| {preset} | {name} | {old['groups']:.1%} / {old['pairs']:.1%} | {new['close_with_room']} | "
+                  f"{new['fallback']:.1%} | {new['groups']:.1%} / {new['pairs']:.1%} |")
 
 
 if __name__ == "__main__":

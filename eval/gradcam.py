@@ -9,12 +9,33 @@ import torch.nn.functional as F
 from train.augment import eval_transform
 
 
+STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def map_side(layer: str, image_size: int) -> int:
+    """Side of a torchvision ResNet stage's output map for a square input."""
+    side = image_size
+    for _ in range({"layer1": 2, "layer2": 3, "layer3": 4, "layer4": 5}[layer]):
+        side = (side + 1) // 2  # each stride-2 convolution (and the stem's max-pool) rounds up
+    return side
+
+
+def pick_layer(choice: str, image_size: int, min_side: int = 7) -> str:
+    """The ResNet stage Grad-CAM is taken at: `choice` itself, or for auto the deepest stage whose map is at
+    least min_side x min_side at image_size (layer4 at 224 px, layer3 at 112, layer1 at the demo's 32): at
+    layer4 a 112 px input gives 4x4 and a 32 px one 1x1, a uniform map."""
+    if choice != "auto":
+        return choice
+    return next((s for s in reversed(STAGES) if map_side(s, image_size) >= min_side), "layer1")
+
+
 def grad_cam(backbone: nn.Module, classifier: nn.Module, faces: np.ndarray, image_size: int,
-             device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(saliency maps in [0, 1] at image_size, predicted classes) for uint8 faces [N,128,128,3]."""
+             device: str, layer_name: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """(saliency maps in [0, 1] at image_size, predicted classes) for uint8 faces [N,128,128,3], taken at
+    the stage pick_layer chooses."""
     backbone, classifier = backbone.to(device).eval(), classifier.to(device).eval()
     acts = {}
-    layer = backbone.layer4
+    layer = getattr(backbone, pick_layer(layer_name, image_size))
     hook = layer.register_forward_hook(lambda m, i, o: acts.__setitem__("a", o))
     try:
         x = eval_transform(torch.from_numpy(faces).to(device).permute(0, 3, 1, 2), image_size)

@@ -93,8 +93,8 @@ def curves_png(curves: dict[str, list], out: Path) -> None:
     plt.close(fig)
 
 
-def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path) -> None:
-    """Grad-CAM grid: one row per checkpoint, the same images in the same columns."""
+def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path, title: str = "") -> None:
+    """Grad-CAM grid: one row per checkpoint, the same images in the same columns; `title` above."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,6 +112,8 @@ def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path) ->
                 ax.set_title(labels[c], fontsize=7)
         axes[r][0].text(-0.1, 0.5, name, transform=axes[r][0].transAxes, rotation=90, va="center",
                         ha="right", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

@@ -13,6 +13,7 @@ import numpy as np
 from eval import report as R
 from eval.backbones import is_eyemouth, load_backbone, row_names
 from eval.datasets import Dataset, limit
+from eval.gradcam import map_side, pick_layer
 from preprocess.stills import aligned_faces, alignment_counts, cache_key
 from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
@@ -133,14 +134,28 @@ class Evaluator:
                                 out_path=path)
 
 
+def check_backbones(specs: list[str], cfg) -> None:
+    """Load every checkpoint once (then let it go) and resolve the device, so that a typo in the last --ckpt
+    or a missing CUDA is reported before hours of alignment and of evaluating the others."""
+    resolve_device(cfg.device)
+    for spec in specs:
+        if is_eyemouth(spec):
+            from preprocess.regions import resnet18_weights
+
+            resnet18_weights(spec.partition("=")[2])
+        else:
+            load_backbone(spec, cfg.arch, cfg.seed)
+
+
 def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -> dict:
-    """Linear probe and/or fine-tuning for classes (and valence/arousal when the dataset has them)."""
+    """Linear probe and/or fine-tuning for classes (and valence/arousal when the dataset has them). The report
+    and metrics.json are rewritten after each checkpoint: a later failure keeps the rows done."""
+    tasks = ["expr", "va"] if cfg.task == "both" else [cfg.task]
+    if "va" in tasks and not any(not math.isnan(it.valence) for it in ds.splits["train"]):
+        raise ValueError(f"task={cfg.task}: {ds.name} has no valence/arousal labels")
+    check_backbones(specs, cfg)
     ev = Evaluator(ds, cfg)
     n_classes = len(ds.classes)
-    has_va = any(not math.isnan(it.valence) for it in ev.items["train"])
-    tasks = ["expr", "va"] if cfg.task == "both" else [cfg.task]
-    if "va" in tasks and not has_va:
-        raise ValueError(f"task={cfg.task}: {ds.name} has no valence/arousal labels")
     protocols = ["linear", "finetune"] if cfg.protocol == "both" else [cfg.protocol]
     labels = {k: np.array([it.label for it in v], np.int64) for k, v in ev.items.items()}
     va = {k: np.array([[it.valence, it.arousal] for it in v], np.float32) for k, v in ev.items.items()}
@@ -181,16 +196,21 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
                         grids[name] = _gradcam(r.model[0], r.model[1], ev.faces["test"][gradcam_idx], cfg,
                                                ev.device)
         results[name] = row
-    extra = []
-    if curves:
-        R.curves_png(curves, report_dir / "curves.png")
-        extra.append("![head training curves](curves.png)")
-    if grids:
-        grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
-        R.grid_png(grids, grid_labels, report_dir / "gradcam.png")
-        extra.append("![Grad-CAM](gradcam.png)")
-    extra += [f"![confusion {n}]({p.name})" for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
-    return _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra))
+        extra = []
+        if curves:
+            R.curves_png(curves, report_dir / "curves.png")
+            extra.append("![head training curves](curves.png)")
+        if grids:
+            grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
+            layer = pick_layer(cfg.gradcam_layer, cfg.image_size)
+            R.grid_png(grids, grid_labels, report_dir / "gradcam.png",
+                       f"Grad-CAM at {layer} ({map_side(layer, cfg.image_size)}x{map_side(layer, cfg.image_size)} "
+                       f"at {cfg.image_size} px), for the predicted class")
+            extra.append("![Grad-CAM](gradcam.png)")
+        extra += [f"![confusion {n}]({p.name})"
+                  for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
+        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra))
+    return metrics
 
 
 def _gradcam_images(y: np.ndarray, n_classes: int, cfg) -> np.ndarray:
@@ -207,7 +227,7 @@ def _gradcam(backbone, classifier, faces, cfg, device):
 
     if len(faces) == 0:
         return []
-    cams, _ = grad_cam(backbone, classifier, faces, cfg.image_size, device)
+    cams, _ = grad_cam(backbone, classifier, faces, cfg.image_size, device, cfg.gradcam_layer)
     return [overlay(f, c, cfg.image_size) for f, c in zip(faces, cams)]
 
 
@@ -228,6 +248,7 @@ def _finish(ds, ev, cfg, results, report_dir, extra_md) -> dict:
 
 def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Path | None = None) -> dict:
     """FR-KNN identification (and pair verification when a pairs.txt is given or found in the folder)."""
+    check_backbones(specs, cfg)
     ev = Evaluator(ds, cfg)
     items = ev.items["all"]
     identities = [it.identity for it in items]
@@ -238,6 +259,8 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
     index = {it.source: i for i, it in enumerate(items)}
     pair_list = [(index.get(str(a)), index.get(str(b)), s, k) for a, b, s, k in pair_list]
     pair_list = [p for p in pair_list if p[0] is not None and p[1] is not None]
+    ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "
+                    f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
     results = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, _ = ev.backbone(spec, row_name)
@@ -251,6 +274,5 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                                                                 np.array([p[3] for p in pair_list])),
                                    "n": len(pair_list)}
         results[name] = row
-    ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "
-                    f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
-    return _finish(ds, ev, cfg, results, report_dir, "")
+        metrics = _finish(ds, ev, cfg, results, report_dir, "")
+    return metrics

@@ -9,28 +9,39 @@ from preprocess.config import option
 @dataclass
 class EvalConfig:
     protocol: str = option("both", "linear (frozen backbone, head on cached features) | finetune (whole network) "
-                                   "| both")
-    task: str = option("expr", "AffectNet: expr (classes) | va (valence/arousal, CCC loss) | both")
-    classes: int = option(8, "AffectNet classes: 8 (0-7) or 7 (without contempt); labels 8-10 are dropped")
-    epochs: int = option(20, "epochs of head training / fine-tuning (paper: 20 for AffectNet)")
-    batch_size: int = option(64, "batch size")
-    lr: float = option(1e-4, "Adam learning rate (cosine schedule per iteration)")
-    weight_decay: float = option(5e-4, "Adam weight decay")
-    image_size: int = option(112, "model input side (faces aligned at 128, centre crop)")
-    max_images: int = option(0, "use at most this many images per split (0 = all), drawn with the seed")
-    val_fraction: float = option(0.1, "share of the training split carved out for model selection")
-    test_fraction: float = option(0.1, "share carved out as the test split when the dataset has none")
+                                   "| both", choices=("linear", "finetune", "both"))
+    task: str = option("expr", "AffectNet: expr (classes) | va (valence/arousal, CCC loss) | both",
+                       choices=("expr", "va", "both"))
+    classes: int = option(8, "AffectNet classes: 8 (0-7) or 7 (without contempt); labels 8-10 are dropped",
+                          choices=(7, 8))
+    epochs: int = option(20, "epochs of head training / fine-tuning (paper: 20 for AffectNet)", between=(1, None))
+    batch_size: int = option(64, "batch size", between=(1, None))
+    lr: float = option(1e-4, "Adam learning rate (cosine schedule per iteration)", between=(0.0, None))
+    weight_decay: float = option(5e-4, "Adam weight decay", between=(0.0, None))
+    image_size: int = option(112, "model input side (faces aligned at 128, centre crop)", between=(16, None))
+    max_images: int = option(0, "use at most this many images per split (0 = all), drawn with the seed",
+                             between=(0, None))
+    val_fraction: float = option(0.1, "share of the training split carved out for model selection", between=(0.0, 0.9))
+    test_fraction: float = option(0.1, "share carved out as the test split when the dataset has none",
+                                  between=(0.0, 0.9))
     seed: int = option(0, "random seed (splits, heads, Grad-CAM images)")
     probe_seeds: int = option(1, "train each head (linear and fine-tune) with this many seeds (seed, seed+1, ...: "
                                  "initialisation, dropout, batch order; the splits stay those of seed) and "
-                                 "report the mean, the standard deviation and every seed's test scores")
-    device: str = option("auto", "auto | cpu | cuda")
-    workers: int = option(2, "processes for face alignment")
-    arch: str = option("resnet50", "architecture for CKPT=random or imagenet (checkpoints carry their own)")
-    knn_min_images: int = option(20, "LFW FR-KNN: people with at least this many images")
-    knn_train_fraction: float = option(0.7, "LFW FR-KNN: share of each person's images in the gallery")
-    gradcam_per_class: int = option(2, "Grad-CAM images per class in the saliency grid (0 = none)")
+                                 "report the mean, the standard deviation and every seed's test scores",
+                              between=(1, None))
+    device: str = option("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    workers: int = option(2, "processes for face alignment", between=(0, None))
+    arch: str = option("resnet50", "architecture for CKPT=random or imagenet (checkpoints carry their own)",
+                       choices=("resnet50", "resnet18", "resnet34", "resnet101"))
+    knn_min_images: int = option(20, "LFW FR-KNN: people with at least this many images", between=(1, None))
+    knn_train_fraction: float = option(0.7, "LFW FR-KNN: share of each person's images in the gallery",
+                                       between=(0.05, 0.95))
+    gradcam_per_class: int = option(2, "Grad-CAM images per class in the saliency grid (0 = none)",
+                                    between=(0, None))
+    gradcam_layer: str = option("auto", "ResNet stage Grad-CAM is taken at: auto (the deepest whose map is at least "
+                                        "7x7 at image_size: layer3 at 112 px, layer4 at 224) | layer1 | layer2 | "
+                                        "layer3 | layer4", choices=("auto", "layer1", "layer2", "layer3", "layer4"))
     cache_dir: str = option(".cache/eval", "aligned-face and feature caches")
     align: str = option("landmarks", "landmarks (the pretraining alignment: mediapipe landmarks or the dataset's, "
                                      "with fallbacks) | none (whole images resized, usual for pre-cropped sets "
-                                     "such as FER2013)")
+                                     "such as FER2013)", choices=("landmarks", "none"))

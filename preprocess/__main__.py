@@ -11,13 +11,15 @@ from preprocess.corpus import CorpusError
 from preprocess.settings import ShardsConfig
 
 EXIT_SOME_FAILED = 3
+EXIT_NONE_USABLE = 4
 
 
 def main(argv=None) -> int:
     options = ("options (key=value, after DATA SHARDS; or in a TOML file given with --config):\n"
                + options_help(ShardsConfig)
                + f"\n\nexit status: 0 all clips usable, {EXIT_SOME_FAILED} some clips failed (see the summary "
-                 "and rejects.parquet), 2 a usage error")
+                 f"and rejects.parquet), {EXIT_NONE_USABLE} every clip failed (no usable clip: e.g. no ffmpeg "
+                 "on this machine), 2 a usage error or no clips found")
     parser = argparse.ArgumentParser(
         prog="python -m preprocess",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -50,6 +52,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(summary)
+    if summary["clips_failed"] and not summary["clips_usable"]:
+        print(f"error: every clip failed ({summary['clips_failed']}); the reasons are above and in rejects.parquet",
+              file=sys.stderr)
+        return EXIT_NONE_USABLE
     return EXIT_SOME_FAILED if summary["clips_failed"] else 0
 
 

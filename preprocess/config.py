@@ -17,9 +17,24 @@ class ConfigError(ValueError):
     """A user mistake in a config file or override; reported as one line."""
 
 
-def option(default, help: str, step: str | None = None):
-    """A config field with its help text and (optionally) the pipeline step it belongs to."""
-    return dataclasses.field(default=default, metadata={"help": help, "step": step})
+def option(default, help: str, step: str | None = None, choices: tuple | None = None,
+           between: tuple | None = None):
+    """A config field with its help text, (optionally) the pipeline step it belongs to, and what values it
+    accepts: `choices` (a set of values) or `between` ((low, high), inclusive; None = unbounded)."""
+    return dataclasses.field(default=default, metadata={"help": help, "step": step, "choices": choices,
+                                                        "between": between})
+
+
+def check_value(f: dataclasses.Field, value) -> None:
+    """ConfigError (one line, naming the accepted values) unless the field accepts `value`."""
+    choices, between = f.metadata.get("choices"), f.metadata.get("between")
+    if choices is not None and value not in choices:
+        raise ConfigError(f"{f.name}={value}: expected one of {' | '.join(str(c) for c in choices)}")
+    if between is not None:
+        low, high = between
+        if (low is not None and value < low) or (high is not None and value > high):
+            want = (f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]")
+            raise ConfigError(f"{f.name}={value}: expected a value {want}")
 
 
 def _parse(kind, text: str, name: str):
@@ -76,7 +91,11 @@ def load_config(cls, paths=None, overrides: typing.Sequence[str] = ()):
     unknown = sorted(set(values) - known)
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    return cls(**{k: _coerce(hints[k], v, k) for k, v in values.items()})
+    typed = {k: _coerce(hints[k], v, k) for k, v in values.items()}
+    for f in dataclasses.fields(cls):
+        if f.name in typed:
+            check_value(f, typed[f.name])
+    return cls(**typed)
 
 
 def to_toml(cfg) -> str:

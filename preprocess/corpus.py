@@ -33,6 +33,14 @@ class CorpusError(ValueError):
     """DATA missing, empty, or in no known layout; reported as one line."""
 
 
+LAYOUT_SHAPES = {
+    "videos": f"looked for <speaker>/<video>/<clip> with {', '.join(sorted(VIDEO_EXTENSIONS))} (layout=frames "
+              "for VoxCeleb1's face frames, layout=csv for a list)",
+    "frames": "looked for VoxCeleb1 face frames [unzippedIntervalFaces/data/]<Name>/1.6/<ytid>/<clip>/*.jpg",
+    "csv": "looked for rows path,speaker[,video] naming readable files",
+}
+
+
 def detect_layout(data: Path) -> str:
     if data.is_file() and data.suffix.lower() == ".csv":
         return "csv"
@@ -55,6 +63,9 @@ def find_clips(data: str | Path, layout: str = "auto", meta_csv: str = "") -> tu
         clips, rejects = _csv_list(data)
     else:
         raise CorpusError(f"layout={layout!r}: expected auto, videos, frames or csv")
+    if not clips:
+        raise CorpusError(f"no clips in {printable(str(data))} ({len(rejects)} files outside the layout) for "
+                          f"layout {layout}: {LAYOUT_SHAPES[layout]}")
     return sorted(clips, key=lambda c: c.key), rejects
 
 

@@ -179,22 +179,20 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     from preprocess.pack import pack, pack_is_current
 
     t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    work: dict[str, int] = {}
+    if cfg.region_descriptor == "resnet18":  # fail now, not after hours of decoding
+        from preprocess.regions import resnet18_weights, resolve_device
+
+        resolve_device(cfg.device)
+        resnet18_weights(cfg.region_weights)
+    t = time.perf_counter()
+    all_clips, discover_rejects = find_clips(data, cfg.layout, cfg.meta_csv)
     shards = Path(shards)
     out = output_dir(shards, cfg.part)
     out.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cfg.cache_dir) if cfg.cache_dir else shards / ".cache"
     caches = {s: StepCache(cache_root, s, cfg.part) for s in ("faces", "region", "faceswap")}
-    timings: dict[str, float] = {}
-    work: dict[str, int] = {}
-
-    if cfg.region_descriptor == "resnet18":
-        from preprocess.regions import resnet18_weights
-
-        resnet18_weights(cfg.region_weights)  # fail now, not after hours of decoding
-    elif cfg.region_descriptor != "landmarks":
-        raise ValueError(f"region_descriptor={cfg.region_descriptor!r}: expected resnet18 or landmarks")
-    t = time.perf_counter()
-    all_clips, discover_rejects = find_clips(data, cfg.layout, cfg.meta_csv)
     part_clips = select_part(all_clips, cfg.part)
     clips = part_clips[:cfg.max_clips] if cfg.max_clips else part_clips
     plan = Plan(clips)

@@ -25,7 +25,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device}: no CUDA device here (use device=cpu or auto)")
+        from preprocess.config import ConfigError
+
+        raise ConfigError(f"device={device}: torch sees no CUDA device here (use device=cpu or auto)")
     return device
 
 

@@ -220,3 +220,47 @@ def test_faceswap_false_skips_the_step(good_corpus, tmp_path):
     assert not list((tmp_path / "s" / ".cache" / "faceswap").glob("*.npz"))
     samples = read_samples(tmp_path / "s")
     assert samples and not any(s.has_swap().any() for s in samples)
+
+
+@pytest.mark.parametrize("contents", [[], ["id1/v/talk.wav"], ["notes.txt", "id1/readme.md"]])
+def test_a_corpus_with_no_clips_is_a_usage_error(contents, tmp_path, capsys):
+    """Exit 2 with one line saying where it looked and for which layout; no shards folder is made."""
+    from preprocess.__main__ import main
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for rel in contents:
+        (corpus / rel).parent.mkdir(parents=True, exist_ok=True)
+        (corpus / rel).write_bytes(b"RIFF....")
+    assert main(["build", str(corpus), str(tmp_path / "shards"), "region_descriptor=landmarks"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: no clips in {corpus}") and "layout videos" in err[0]
+    assert "<speaker>/<video>/<clip>" in err[0] and ".mp4" in err[0]
+    assert not (tmp_path / "shards").exists()
+    assert main(["build", str(corpus), str(tmp_path / "shards"), "layout=frames", "region_descriptor=landmarks"]) == 2
+    assert "layout frames" in capsys.readouterr().err
+
+
+def test_a_part_where_every_clip_fails_fails_its_slurm_task(tmp_path, photos):
+    """Exit 4 when no clip is usable (e.g. no ffmpeg on a compute node); the array task turns exit 3 (some
+    clips failed) into 0 but not 4. The sbatch script runs here under plain bash as one array task."""
+    bad = tmp_path / "bad"
+    for i in range(2):
+        (bad / f"id{i}" / "v").mkdir(parents=True)
+        (bad / f"id{i}" / "v" / "x.mp4").write_text("not a video")
+    mixed = tmp_path / "mixed"
+    synthetic.make_clip(mixed / "id0" / "v" / "good.mp4", photos["astronaut"], seconds=2.0)
+    (mixed / "id1" / "v").mkdir(parents=True)
+    (mixed / "id1" / "v" / "x.mp4").write_text("not a video")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    codes = {}
+    for name in ("bad", "mixed"):
+        env = {**os.environ, "DATA": str(tmp_path / name), "SHARDS": str(tmp_path / f"s-{name}"), "N": "1",
+               "SLURM_ARRAY_TASK_ID": "0", "SLURM_SUBMIT_DIR": root, "PYTHON": sys.executable,
+               "ARGS": "region_descriptor=landmarks workers=0"}
+        r = subprocess.run(["bash", os.path.join(root, "configs/slurm/shards.sbatch")], env=env,
+                           capture_output=True, text=True, timeout=600)
+        codes[name] = r.returncode
+        if name == "bad":
+            assert "error: every clip failed (2)" in r.stderr
+    assert codes == {"bad": 4, "mixed": 0}

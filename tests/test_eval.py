@@ -174,6 +174,78 @@ def test_user_mistakes_are_one_line_errors(tmp_path, capsys):
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)
 
 
+@pytest.mark.parametrize("bad", [["protocol=freeze"], ["device=gpu"], ["task=valence"], ["classes=6"],
+                                 ["val_fraction=1.5"], ["gradcam_layer=layer5"], ["device=cuda"],
+                                 ["--ckpt", "missing.pt"]])
+def test_bad_options_and_checkpoints_fail_before_any_alignment(bad, affectnet_dir, tmp_path, capsys):
+    """One line, exit 2, and nothing aligned or extracted first: a typo in the last --ckpt of a long list is
+    found before the hours of alignment and of evaluating the others."""
+    import torch
+
+    from eval.__main__ import main
+
+    if bad == ["device=cuda"] and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    args = ["affectnet", str(affectnet_dir), "--ckpt", "random", "--report", str(tmp_path / "rep"), *TINY,
+            f"cache_dir={tmp_path / 'cache'}"]
+    assert main([*args, *bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ")
+    if bad[0].startswith(("protocol", "device=gpu", "task", "classes", "gradcam")):
+        assert "expected one of" in err[0]  # the allowed values are named
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
+    assert not (tmp_path / "rep").exists()
+
+
+def test_rows_done_are_kept_when_a_later_checkpoint_fails(affectnet_dir, tmp_path, monkeypatch):
+    """metrics.json and the report are rewritten after each checkpoint."""
+    from eval import run
+    from eval.__main__ import main
+
+    real = run.Evaluator.features
+
+    def fails_on_the_second(self, spec, backbone, split):
+        if spec == "imagenet-typo-made-later":
+            raise ValueError("the second checkpoint broke mid-run")
+        return real(self, spec, backbone, split)
+
+    monkeypatch.setattr(run.Evaluator, "features", fails_on_the_second)
+    monkeypatch.setattr(run, "check_backbones", lambda specs, cfg: None)
+    real_backbone = run.Evaluator.backbone
+    monkeypatch.setattr(run.Evaluator, "backbone", lambda self, spec, name: real_backbone(
+        self, "random" if spec == "imagenet-typo-made-later" else spec, name))
+    report = tmp_path / "rep"
+    code = main(["affectnet", str(affectnet_dir), "--ckpt", "random", "--ckpt", "imagenet-typo-made-later",
+                 "--report", str(report), *TINY, f"cache_dir={tmp_path / 'cache'}", "protocol=linear",
+                 "gradcam_per_class=0"])
+    assert code == 2
+    m = json.loads((report / "metrics.json").read_text())
+    assert list(m["checkpoints"]) == ["random (resnet18)"] and "linear_expr" in m["checkpoints"]["random (resnet18)"]
+    assert "| random (resnet18) |" in (report / "report.md").read_text()
+
+
+def test_grad_cam_localises_at_the_demo_size(photos):
+    """At 32 px the last stage's map is 1x1, so a heat map taken there is uniform; auto picks a stage with an
+    8x8 map, and on a face its heat map varies. At 112 px auto takes layer3 (7x7)."""
+    import cv2
+    import torch
+    import torchvision
+
+    from eval.gradcam import grad_cam, map_side, pick_layer
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    net.fc = torch.nn.Identity()
+    head = torch.nn.Linear(512, 3)
+    face = cv2.resize(photos["astronaut"], (128, 128))[None]
+    uniform, _ = grad_cam(net, head, face, 32, "cpu", "layer4")
+    assert uniform.std() < 1e-6
+    cam, _ = grad_cam(net, head, face, 32, "cpu", "auto")
+    assert pick_layer("auto", 32) == "layer1" and map_side("layer1", 32) == 8
+    assert cam.std() > 0.05 and cam.max() == pytest.approx(1.0)
+    assert pick_layer("auto", 112) == "layer3" and map_side("layer3", 112) == 7 and pick_layer("auto", 224) == "layer4"
+
+
 def test_report_join(tmp_path):
     from eval.report import join
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from train.losses import byol_loss, false_negatives, info_nce, moco_loss
-from train.sampling import hard_negative, time_offset, timeaug_positive
+from train.sampling import (frame_offset_positive, hard_negative, hard_negative_apart, time_offset,
+                            timeaug_positive)
 
 # Four unit views: 0 and 1 are instance A's two views, 2 and 3 instance B's.
 Z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.8, 0.6]])
@@ -177,8 +178,6 @@ def test_losses_under_bf16_autocast_equal_fp32():
 
 
 def test_official_timeaug_offsets_follow_the_frame_weights():
-    from train.data import frame_offset_positive
-
     rng = np.random.default_rng(3)
     offs = np.array([frame_offset_positive(100, 50, rng, [2, 3, 4, 5, 6], [5, 4, 3, 2, 1]) - 50
                      for _ in range(30000)])
@@ -188,6 +187,52 @@ def test_official_timeaug_offsets_follow_the_frame_weights():
     assert (offs > 0).mean() == pytest.approx(0.5, abs=0.01)
     assert all(frame_offset_positive(10, 1, rng, [2, 3], [1, 1]) in (3, 4) for _ in range(50))  # only forward
     assert frame_offset_positive(3, 1, rng, [5], [1]) == 2  # neither side fits: the clip's far end
+    assert all(frame_offset_positive(100, 41, rng, [2, 3], [1, 1], (40, 46)) in (43, 44) for _ in range(50))
+
+
+@pytest.mark.parametrize("official", [False, True])
+def test_a_hardneg_group_keeps_its_four_negatives_when_the_clip_allows(official):
+    """Anchor a, its positive p, hard negative h and h's positive hp: h and hp are >= T2 from a and p whenever
+    some frame of the clip is >= T2 from both a and p, for TimeAug by time and by frame offsets."""
+    rng = np.random.default_rng(4)
+    gap = 2.88 if official else 3.0
+
+    def positive(t, i, bounds=None):
+        if official:
+            return frame_offset_positive(len(t), i, rng, [2, 3, 4, 5, 6], [5, 4, 3, 2, 1], bounds)
+        return timeaug_positive(t, i, rng, 1.0, bounds)
+
+    kept = 0
+    for seconds in (4.0, 6.0, 8.2, 20.0):
+        t = np.arange(0, seconds, 6 / 25)
+        for _ in range(300):
+            a = int(rng.integers(len(t)))
+            p = positive(t, a)
+            found = hard_negative_apart(t, a, p, rng, gap)
+            far = (np.abs(t - t[a]) >= gap - 1e-9) & (np.abs(t - t[p]) >= gap - 1e-9)
+            assert (found is not None) == far.any()
+            if found is None:
+                continue
+            h, (lo, hi) = found
+            assert far[lo:hi + 1].all() and (lo == 0 or not far[lo - 1]) and (hi == len(t) - 1 or not far[hi + 1])
+            hp = positive(t, h, (lo, hi))
+            assert min(abs(t[i] - t[j]) for i in (a, p) for j in (h, hp)) >= gap - 1e-9
+            assert abs(t[hp] - t[h]) <= (6 * 6 / 25 if official else 1.0) + 1e-9
+            kept += hp != h
+    assert kept > 300  # the hard negative's positive is a TimeAug frame, not just the frame itself
+
+
+def test_near_duplicates_are_masked_between_groups_only():
+    """Two groups of one clip (a step that repeats a clip): inside a group the views 1 s apart stay what they
+    are; the same distance across groups is masked."""
+    from train.losses import near_duplicates
+
+    clip = torch.tensor([5, 5, 5, 5])
+    t = torch.tensor([0.0, 1.0, 0.5, 1.5])
+    group = torch.tensor([0, 0, 1, 1])
+    ignore = near_duplicates(clip, t, 3.0, group)
+    assert {(i, j) for i, j in ignore.nonzero().tolist() if i < j} == {(0, 2), (0, 3), (1, 2), (1, 3)}
+    assert near_duplicates(clip, t, 3.0).sum() == 12
 
 
 def test_a_hard_negative_exactly_t2_away_is_not_masked():

@@ -128,6 +128,22 @@ def test_stream_batches_follow_timeaug_and_hardneg(train_shards):
         assert (x["speaker"][:4] == x["speaker"][4:]).sum() + x["stats"]["hardneg_missing"] >= 4
         same_clip = x["clip"][:4] == x["clip"][4:8]
         assert (np.abs(x["time"][:4] - x["time"][4:8])[same_clip] >= cfg.hardneg_gap - 1e-6).all()
+        # the group's four negative pairs (anchor or its positive vs hard negative or its positive) are >= T2
+        # apart, except in groups counted as hardneg_close (the clip too short for that)
+        t = x["time"]
+        close = [min(abs(t[i] - t[j]) for i in (g, m + g) for j in (4 + g, m + 4 + g)) < cfg.hardneg_gap - 1e-6
+                 for g in range(4) if same_clip[g]]
+        assert sum(close) == x["stats"]["hardneg_close"]
+    # with T2 = 0.8 s the 3-4 s clips have room: every same-clip group keeps its four negatives >= T2 apart
+    short_gap = config("sslfer", "batch_size=8", "anchors_per_clip=4", "hardneg_gap=0.8")
+    kept = 0
+    for x in stream(train_shards, short_gap):
+        t, same_clip = x["time"], x["clip"][:4] == x["clip"][4:8]
+        assert x["stats"]["hardneg_close"] == 0
+        for g in np.flatnonzero(same_clip):
+            assert min(abs(t[i] - t[j]) for i in (g, m + g) for j in (4 + g, m + 4 + g)) >= 0.8 - 1e-6
+            kept += 1
+    assert kept >= 15
 
 
 def test_a_step_is_the_same_whatever_the_ranks_and_workers(train_shards):
@@ -194,6 +210,7 @@ def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     from train.losses import false_negatives, info_nce, near_duplicates
+    from train.pretrain import view_groups
 
     cfg = config("sslfer", "temperature=0.2")
     world = 2
@@ -214,8 +231,12 @@ def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     spk = torch.cat([speaker[r * n:(r + 1) * n].repeat(2) for r in range(world)])
     fn = false_negatives(region[order], positive, spk, cfg.n_fn)
     clip, time_ = _clips_and_times()
-    ignore = near_duplicates(clip[order], time_[order], cfg.hardneg_gap)
-    assert ignore.sum() > 8  # the masked pairs are part of what the ranks must agree on
+    groups = view_groups(world, 2 * n, cfg.hardneg)
+    assert groups.tolist() == [0, 1, 0, 1, 0, 1, 0, 1, 8, 9, 8, 9, 8, 9, 8, 9]
+    ignore = near_duplicates(clip[order], time_[order], cfg.hardneg_gap, groups)
+    # instances 0 and 4 (one clip 1 s apart, other groups, other ranks) and their positives: 4 pairs, both ways;
+    # the masked pairs are part of what the ranks must agree on
+    assert ignore.sum() == 8
     ref = info_nce(model(x[order]), positive, cfg.temperature, fn, cfg.fn_weight, cfg.positive_in_denominator,
                    ignore)
     ref["loss"].backward()
@@ -236,6 +257,11 @@ def test_every_preset_trains_a_few_steps(preset, train_shards, tmp_path):
     assert len(rows) == 2 and all(np.isfinite(r["loss"]) for r in rows)
     if config(preset).maskfn:
         assert all("l2" in r for r in rows)
+    swapping = config(preset).faceswap or config(preset).cutmix
+    assert all(("swap_rate" in r) == swapping for r in rows) and ("swap_rate" in s) == swapping
+    if swapping:  # the realised share of positives that are composites
+        assert all(r["swap_rate"] == r["swaps"] / 4 for r in rows)
+        assert s["swap_rate"] == pytest.approx(sum(r["swaps"] for r in rows) / 8, abs=1e-4)
 
 
 def test_checkpoint_and_exported_backbone_load_safely(train_shards, tmp_path):
@@ -295,6 +321,19 @@ def test_non_finite_losses_stop_the_run_with_a_message(train_shards, tmp_path, m
                                                                                                requires_grad=True)})
     with pytest.raises(pt.TrainingStopped, match="not finite for 3 steps in a row"):
         pt.pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=10", "max_bad_steps=3"))
+
+
+@pytest.mark.parametrize("bad", ["device=gpu", "method=simsiam", "p_swap=1.5", "batch_size=1", "logger=wandb",
+                                 "device=cuda"])
+def test_bad_option_values_are_one_line_before_any_work(bad, train_shards, tmp_path, capsys):
+    from train.__main__ import main
+
+    if bad == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main([str(train_shards), str(tmp_path / "run"), *TINY, bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}")
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_shards_folder_gives_one_line_errors(tmp_path, train_shards):

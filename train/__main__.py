@@ -50,9 +50,12 @@ def main(argv=None) -> int:
               f"batch         {s['batch_size']} instances per step; of {s['anchors']} anchors "
               f"{s['distinct_clips'] / max(s['anchors'], 1):.0%} were distinct clips within their step; "
               f"{s['masked_pairs']} near-duplicate pairs masked\n"
-              f"positives     {s['swaps']} FaceSwap/CutMix; hard negatives: {s['hardneg_other_clip']} from another "
-              f"clip of the speaker, {s['hardneg_missing']} missing; {s['skipped_steps']} steps skipped, "
-              f"{s['unreadable']} unreadable clips\n"
+              f"positives     {s['swaps']} FaceSwap/CutMix"
+              + (f" ({s['swap_rate']:.0%} of positives)" if "swap_rate" in s else "")
+              + f"; hard negatives: {s['hardneg_other_clip']} from another clip of the speaker, "
+              f"{s['hardneg_close']} closer than T2 to the anchor or its positive (clip too short), "
+              f"{s['hardneg_missing']} missing; {s['skipped_steps']} steps skipped, {s['unreadable']} unreadable "
+              f"clips\n"
               + (f"MaskFN        on the shards' {s['maskfn_descriptor']!r} region descriptor"
                  + ("" if s["maskfn_descriptor"] == "resnet18" else " (not the paper's ResNet18 features)") + "\n"
                  if s.get("maskfn_descriptor") else "")

@@ -21,7 +21,7 @@ import torch
 
 from preprocess.schema import ClipSample, SchemaError
 from train.plan import epoch_plan
-from train.sampling import hard_negative, timeaug_positive
+from train.sampling import frame_offset_positive, hard_negative, hard_negative_apart, timeaug_positive
 from train.settings import TrainConfig
 
 STEP_STREAM = 0x5EED  # keeps a step's sampling apart from the plan's random numbers
@@ -324,15 +324,14 @@ class BatchStream(torch.utils.data.IterableDataset):
         seed = step_seed(cfg.seed, step, self.rank)
         rng = np.random.default_rng(seed)
         stats = {"distinct_clips": len(set(mine.tolist())), "hardneg_missing": 0, "hardneg_other_clip": 0,
-                 "swaps": 0, "unreadable": 0}
+                 "hardneg_close": 0, "swaps": 0, "unreadable": 0}
         anchors, positives, extra = [], [], []
         for cid in mine.tolist():
             a = self.view(cid, rng, stats)
             anchors.append(a)
             positives.append(self.positive(a, rng, stats))
             if cfg.hardneg:
-                neg = self.hard_negative(a, rng, stats)
-                extra.append((neg, self.positive(neg, rng, stats)))
+                extra.append(self.hard_negative(a, positives[-1], rng, stats))
         anchors += [e[0] for e in extra]
         positives += [e[1] for e in extra]
         images = [self.image(v) for v in anchors] + [self.image(v) for v in positives]
@@ -381,12 +380,13 @@ class BatchStream(torch.utils.data.IterableDataset):
         cid, clip = self.load(cid, rng, stats)
         return View(cid, clip, int(rng.integers(len(clip))))
 
-    def positive(self, a: View, rng, stats) -> View:
+    def positive(self, a: View, rng, stats, bounds: tuple[int, int] | None = None) -> View:
+        """The TimeAug frame (inside `bounds` when given), maybe as its FaceSwap composite."""
         cfg = self.cfg
         p = a.frame
         if cfg.timeaug:
-            p = (frame_offset_positive(len(a.clip), a.frame, rng, self.time_frames, self.time_weights)
-                 if self.time_frames else timeaug_positive(a.clip.time, a.frame, rng, cfg.time_max))
+            p = (frame_offset_positive(len(a.clip), a.frame, rng, self.time_frames, self.time_weights, bounds)
+                 if self.time_frames else timeaug_positive(a.clip.time, a.frame, rng, cfg.time_max, bounds))
         swap = -1
         if cfg.faceswap and rng.random() < cfg.p_swap:
             choices = np.flatnonzero(a.clip.swap_slots()[p])  # one of the frame's composites (donors vary)
@@ -395,22 +395,36 @@ class BatchStream(torch.utils.data.IterableDataset):
         stats["swaps"] += swap >= 0
         return View(a.cid, a.clip, p, swap)
 
-    def hard_negative(self, a: View, rng, stats) -> View:
-        """A frame of the anchor's clip >= T2 away; else a frame of another clip of the same speaker; else (no
-        such clip: counted) an independent instance of a random clip."""
-        h = hard_negative(a.clip.time, a.frame, rng, self.cfg.hardneg_gap)
+    def hard_negative(self, a: View, p: View, rng, stats) -> tuple[View, View]:
+        """The hard negative and its positive. First choice: a frame of the anchor's clip >= T2 from both the
+        anchor and its positive, its positive drawn among the frames as far (the group's four negative pairs are
+        all >= T2 apart). Else, as the paper states it, a frame >= T2 from the anchor (a pair of the group closer
+        than T2 is counted in hardneg_close). Else a frame of another clip of the same speaker; else (no such
+        clip: counted) an independent instance of a random clip."""
+        times, gap = a.clip.time, self.cfg.hardneg_gap
+        apart = hard_negative_apart(times, a.frame, p.frame, rng, gap)
+        if apart is not None:
+            h = View(a.cid, a.clip, apart[0])
+            return h, self.positive(h, rng, stats, apart[1])
+        h = hard_negative(times, a.frame, rng, gap)
         if h is not None:
-            return View(a.cid, a.clip, h)
+            neg = View(a.cid, a.clip, h)
+            neg_pos = self.positive(neg, rng, stats)
+            stats["hardneg_close"] += min(abs(times[i] - times[j]) for i in (a.frame, p.frame)
+                                          for j in (neg.frame, neg_pos.frame)) < gap - 1e-6
+            return neg, neg_pos
         ids, off = self.by_speaker
         spk = int(self.index.speaker[a.cid])
         same = ids[off[spk]:off[spk + 1]]
         same = same[same != a.cid]
         if len(same):
             stats["hardneg_other_clip"] += 1
-            return self.view(int(same[rng.integers(len(same))]), rng, stats)
-        stats["hardneg_missing"] += 1
-        other = int(rng.integers(len(self.index) - 1)) if len(self.index) > 1 else a.cid
-        return self.view(other + (other >= a.cid) if len(self.index) > 1 else other, rng, stats)
+            neg = self.view(int(same[rng.integers(len(same))]), rng, stats)
+        else:
+            stats["hardneg_missing"] += 1
+            other = int(rng.integers(len(self.index) - 1)) if len(self.index) > 1 else a.cid
+            neg = self.view(other + (other >= a.cid) if len(self.index) > 1 else other, rng, stats)
+        return neg, self.positive(neg, rng, stats)
 
     @staticmethod
     def image(view: View) -> np.ndarray:
@@ -434,18 +448,6 @@ class BatchStream(torch.utils.data.IterableDataset):
             donor[lo:hi, lo:hi] = images[m + i][lo:hi, lo:hi]
             images[m + i] = donor
             stats["swaps"] += 1
-
-
-def frame_offset_positive(n: int, anchor: int, rng, offsets: list[int], weights: list[float]) -> int:
-    """The official code's TimeAug: an offset in sampled frames drawn from `offsets` with `weights`, random
-    sign (the other sign when that side of the clip is too short; the clip's end when neither fits)."""
-    w = np.asarray(weights, float)
-    d = int(np.asarray(offsets)[rng.choice(len(offsets), p=w / w.sum())])
-    sign = 1 if rng.random() < 0.5 else -1
-    for s in (sign, -sign):
-        if 0 <= anchor + s * d < n:
-            return anchor + s * d
-    return n - 1 if n - 1 - anchor >= anchor else 0
 
 
 def anchors_per_step(cfg: TrainConfig) -> int:

@@ -2,8 +2,9 @@
 
 Views are rows of z. `positive[a]` is the index of view a's positive view. `false_neg[a]` holds the indices of
 view a's MaskFN extra positives (-1 = none). `ignore[a, k]` marks pairs that are neither positive nor negative
-(near-duplicates: two views of one clip closer in time than T2). All similarities are computed in fp32 with
-autocast switched off: under bf16 autocast a logit near 14 would be rounded to steps of 1/16."""
+(near-duplicates: two views of one clip closer in time than T2, from different instances' groups). All
+similarities are computed in fp32 with autocast switched off: under bf16 autocast a logit near 14 would be
+rounded to steps of 1/16."""
 from __future__ import annotations
 
 import functools
@@ -22,13 +23,20 @@ def fp32(fn):
     return wrapped
 
 
-def near_duplicates(clip: torch.Tensor, time: torch.Tensor, gap: float) -> torch.Tensor:
-    """[V, V] bool: views of the same clip less than `gap` seconds apart (not a view with itself). Frames exactly
-    `gap` apart are not near-duplicates: the hard-negative sampler accepts them, and frame timestamps such as
-    12 x 0.24 s = 2.88 s carry rounding errors, hence the tolerance."""
+def near_duplicates(clip: torch.Tensor, time: torch.Tensor, gap: float,
+                    group: torch.Tensor | None = None) -> torch.Tensor:
+    """[V, V] bool: views of the same clip less than `gap` seconds apart, from different groups (`group`: the
+    views of one anchor, its positive, its hard negative and that one's positive share a group; None: every
+    view its own). Inside a group every pair is what the method made it (positive, or a hard negative sampled
+    to be a negative); between groups two such views can only meet when a step repeats a clip (a corpus with
+    fewer clips than a step's anchors). Frames exactly `gap` apart are not near-duplicates: the hard-negative
+    sampler accepts them, and frame timestamps such as 12 x 0.24 s = 2.88 s carry rounding errors, hence the
+    tolerance."""
     same = clip[:, None] == clip[None, :]
     close = (time[:, None] - time[None, :]).abs() < gap - 1e-6
-    return same & close & ~torch.eye(len(clip), dtype=torch.bool, device=clip.device)
+    if group is None:
+        return same & close & ~torch.eye(len(clip), dtype=torch.bool, device=clip.device)
+    return same & close & (group[:, None] != group[None, :])
 
 
 

@@ -38,20 +38,28 @@ class TrainingStopped(RuntimeError):
 def contrastive_step(z_local: torch.Tensor, region_local: torch.Tensor, speaker_local: torch.Tensor,
                      clip_local: torch.Tensor, time_local: torch.Tensor, cfg: TrainConfig) -> dict:
     """InfoNCE (+ MaskFN) over the views of all ranks. Locally views are [instances; their positives]; two
-    views of one clip closer than T2 (hardneg_gap) are neither positive nor negative."""
+    views of one clip closer than T2 (hardneg_gap) from different groups are neither positive nor negative."""
     z = dist.all_gather_grad(z_local)
     v = len(z_local)
-    m = v // 2
-    local_pos = (torch.arange(v, device=z.device) + m) % v
-    positive = (torch.arange(dist.world(), device=z.device)[:, None] * v + local_pos[None]).reshape(-1)
+    positive = (torch.arange(dist.world(), device=z.device)[:, None] * v
+                + (torch.arange(v, device=z.device) + v // 2) % v).reshape(-1)
     ignore = near_duplicates(dist.all_gather_nograd(clip_local), dist.all_gather_nograd(time_local),
-                             cfg.hardneg_gap)
+                             cfg.hardneg_gap, view_groups(dist.world(), v, cfg.hardneg, z.device))
     false_neg = None
     if cfg.maskfn:
         region = dist.all_gather_nograd(region_local)
         speaker = dist.all_gather_nograd(speaker_local.repeat(2))
         false_neg = false_negatives(region, positive, speaker, cfg.n_fn)
     return info_nce(z, positive, cfg.temperature, false_neg, cfg.fn_weight, cfg.positive_in_denominator, ignore)
+
+
+def view_groups(world: int, views_per_rank: int, hardneg: bool, device=None) -> torch.Tensor:
+    """Group of each gathered view: a rank's views are [anchors, hard negatives; their positives], and anchor i,
+    its hard negative (instance anchors + i) and both positives form one group."""
+    local = torch.arange(views_per_rank, device=device) % (views_per_rank // 2)
+    if hardneg:
+        local = local % (views_per_rank // 4)
+    return (torch.arange(world, device=device)[:, None] * views_per_rank + local[None]).reshape(-1)
 
 
 def lr_lambda(warm_steps: int, total_steps: int):
@@ -333,8 +341,8 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
     last_ckpt = time.time()
     bad_steps = 0
     stop_signal = 0
-    totals = {"hardneg_missing": 0, "hardneg_other_clip": 0, "swaps": 0, "anchors": 0, "skipped_steps": 0,
-              "unreadable": 0, "masked_pairs": 0, "distinct_clips": 0}
+    counted = ("distinct_clips", "hardneg_missing", "hardneg_other_clip", "hardneg_close", "swaps", "unreadable")
+    totals = {k: 0 for k in counted + ("masked_pairs", "anchors", "skipped_steps")}
     history: list[dict] = []
     bar = progress(total=total_steps, initial=step, desc="pretrain", unit="step", disable=not main,
                    dynamic_ncols=True)
@@ -411,27 +419,24 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
                     torch.cuda.synchronize()
                 t_done = time.perf_counter()
                 stats = batch["stats"]
-                local = [float(out["top1"].detach()), stats["distinct_clips"], stats["hardneg_missing"],
-                         stats["hardneg_other_clip"], stats["swaps"], stats["unreadable"]]
+                local = [float(out["top1"].detach())] + [stats[k] for k in counted]
                 summed = dist.all_reduce_mean(torch.tensor(local, dtype=torch.float64, device=device)) * world
                 top1 = float(summed[0]) / world
-                distinct, missing, other, swaps, unreadable = (int(round(float(v))) for v in summed[1:])
-                masked = int(float(out.get("masked_pairs", 0)))
-                for k, v in (("hardneg_missing", missing), ("hardneg_other_clip", other), ("swaps", swaps),
-                             ("unreadable", unreadable), ("masked_pairs", masked), ("distinct_clips", distinct)):
+                counts = {k: int(round(float(v))) for k, v in zip(counted, summed[1:])}
+                counts["masked_pairs"] = int(float(out.get("masked_pairs", 0)))
+                for k, v in counts.items():
                     totals[k] += v
                 totals["anchors"] += anchors
                 epoch_top1.append(top1)
                 record = {"step": step, "epoch": (step - 1) // steps_per_epoch, "loss": float(loss.detach()),
                           "l1": float(out["l1"].detach()), "top1": top1, "lr": scheduler.get_last_lr()[0],
                           "images_per_s": len(x) * world / (t_done - t_wait),
-                          "data_wait": (t_got - t_wait) / (t_done - t_wait),
-                          "anchors": anchors, "distinct_clips": distinct, "masked_pairs": masked,
-                          "hardneg_missing": missing, "hardneg_other_clip": other, "swaps": swaps}
+                          "data_wait": (t_got - t_wait) / (t_done - t_wait), "anchors": anchors,
+                          **{k: v for k, v in counts.items() if v or k != "unreadable"}}
+                if cfg.faceswap or cfg.cutmix:  # realised: a positive without a composite stays the face itself
+                    record["swap_rate"] = counts["swaps"] / cfg.batch_size
                 if "l2" in out:
                     record["l2"] = float(out["l2"].detach())
-                if unreadable:
-                    record["unreadable"] = unreadable
                 if cuda:
                     record["gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2 ** 30
             watched = monitor and (step % cfg.monitor_every == 0 or step == total_steps)
@@ -476,6 +481,9 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
                "clips": n_clips, "shards": len(index.paths), "world": world, "device": device,
                "batch_size": cfg.batch_size, "seconds": round(time.time() - t_start, 1),
                "maskfn_descriptor": descriptor if cfg.maskfn else None, **totals}
+    if cfg.faceswap or cfg.cutmix:
+        positives = totals["anchors"] // anchors * cfg.batch_size  # of the steps trained in this launch
+        summary["swap_rate"] = round(totals["swaps"] / max(1, positives), 4)
     if main:
         end_epoch = min(epochs, math.ceil(step / steps_per_epoch))
         checkpoint(ckpt_dir / "last.pt", end_epoch)
