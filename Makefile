@@ -28,7 +28,7 @@ SBATCH_ARGS ?=
 EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
 	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
 
-.PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 embed eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
 	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
@@ -49,7 +49,10 @@ help:
 	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
 	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
 	@echo "make report RUNS=\"<report dirs>\"  one table from several evaluation reports"
+	@echo "make embed INPUT=\"<images, folders, videos>\" CKPT=\"<ckpt ...>\" [OUT=embeddings.parquet]"
+	@echo "                                embeddings per image / video frame; a labelled folder also gets the map PNG"
 	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [TRAIN_ARGS= EVAL_ARGS=]"
+	@echo "                                [MONITOR=<labelled faces> CHECKPOINT=best|last]: which checkpoint each row is"
 	@echo "                                [SLURM=1 NODES=1 GPUS_PER_NODE=8 SBATCH=\"#SBATCH --partition=...\"]: sbatch scripts + submit.sh"
 	@echo "                                pretrain what is missing, evaluate all, write reports/table1/table1.md"
 	@echo "make test                       run the test suite"
@@ -119,8 +122,13 @@ table1: setup
 	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \
 	  $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(RAFDB),--rafdb "$(RAFDB)") $(if $(LFW),--lfw "$(LFW)") \
 	  $(if $(PRESETS),--presets "$(PRESETS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
+	  $(if $(MONITOR),--monitor "$(MONITOR)") $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	  $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(SLURM)),--slurm --sbatch "$(SBATCH)" \
 	    --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --tasks-per-node $(TASKS_PER_NODE) --cpus-per-task $(CPUS_PER_TASK))
+
+embed: setup
+	@if [ -z "$(INPUT)" ] || [ -z "$(CKPT)" ]; then echo "usage: make embed INPUT=\"<images, folders, videos>\" CKPT=\"<ckpt ...>\" [OUT=embeddings.parquet] [ARGS=...]"; exit 2; fi
+	$(PY) -m eval embed $(INPUT) $(foreach c,$(CKPT),--ckpt $(c)) --out "$(or $(OUT),embeddings.parquet)" $(ARGS)
 
 report: setup
 	$(PY) -m eval report $(RUNS) $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(ALLOW_MIXED)),--allow-mixed)

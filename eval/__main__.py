@@ -1,5 +1,6 @@
 """Command line of the evaluation: `python -m eval fer2013|affectnet|lfw|folder DATA --ckpt X [--ckpt Y]
-[--report DIR] [key=value ...]` and `python -m eval report DIR ... [--out FILE]` (what `make eval-*` runs)."""
+[--report DIR] [key=value ...]`, `python -m eval report DIR ... [--out FILE]` (what `make eval-*` runs) and
+`python -m eval embed INPUT... --ckpt X --out FILE.parquet` (eval/embed.py)."""
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,15 @@ from eval.settings import EvalConfig
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["embed"]:  # its own options: python -m eval embed --help
+        from eval.embed import main as embed
+
+        return embed(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m eval", formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate pretrained backbones with the paper's protocols and write a report.",
+        description="Evaluate pretrained backbones with the paper's protocols and write a report. "
+                    "(`python -m eval embed --help`: embeddings of any images or videos.)",
         epilog="CKPT: a checkpoint of this project (checkpoints/last.pt), an exported backbone.pt, any torchvision "
                "ResNet state dict, the official code's checkpoints, 'imagenet', 'random', or 'eyemouth' (the "
                "ImageNet ResNet18 eye+mouth descriptor of Table 5; 'eyemouth=<weights file>').\n\n"
@@ -26,6 +33,8 @@ def main(argv=None) -> int:
     parser.add_argument("--report", help="report folder (default reports/<dataset>-<time>)")
     parser.add_argument("--pairs", help="LFW pairs.txt for 10-fold verification (default DATA/pairs.txt if there)")
     parser.add_argument("--out", help="report: write the joined table here too")
+    parser.add_argument("--note", action="append", default=[], help="report: a line under the joined table "
+                                                                     "(repeatable)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="report: join reports of one dataset even when their settings differ")
     args, overrides = parser.parse_known_args(argv)
@@ -41,7 +50,7 @@ def main(argv=None) -> int:
 
     try:
         if args.dataset == "report":
-            text = R.join([Path(d) for d in args.data], args.allow_mixed)
+            text = R.join([Path(d) for d in args.data], args.allow_mixed, args.note)
             print(text)
             if args.out:
                 Path(args.out).write_text(text)

@@ -86,6 +86,25 @@ def row_names(specs: list[str], arch: str) -> dict[str, str]:
     return {spec: names[spec] for spec in dict.fromkeys(specs) if spec in names}
 
 
+def checkpoint_meta(spec: str) -> dict:
+    """What a checkpoint of this project says of itself: step, epoch, preset, the monitor's best score and the
+    instance top-1 it was saved at; {} for anything else. Tensors are memory-mapped, not read."""
+    path = Path(spec)
+    if not path.is_file():
+        return {}
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a zip checkpoint (mmap needs one), or not a checkpoint: no metadata to show
+        return {}
+    if not isinstance(state, dict) or "step" not in state:
+        return {}
+    meta = {"file": str(path), "step": int(state["step"]), "epoch": int(state.get("epoch", -1)),
+            "preset": (state.get("run") or {}).get("preset")}
+    if isinstance(state.get("monitor_best"), float) and state["monitor_best"] >= 0:
+        meta["monitor_expr_knn"] = state["monitor_best"]
+    return meta
+
+
 def load_backbone(spec: str, arch: str = "resnet50", seed: int = 0) -> tuple[str, torch.nn.Module, int]:
     """(display name, backbone in eval mode without classifier, feature width)."""
     if spec == "random":

@@ -186,13 +186,14 @@ class MixedSettings(ValueError):
     """Reports of one dataset made with different settings; reported as one line."""
 
 
-def join(report_dirs: list[Path], allow_mixed: bool = False) -> str:
+def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = ()) -> str:
     """Several reports' metrics.json joined (`make report RUNS=...`): a Table-1-shaped table (a row per
     checkpoint, the columns that were run), then one table per dataset and the settings of each. Reports of one
     dataset whose settings differ (classes, split, protocol, epochs, image size, seeds...) are refused unless
     allow_mixed."""
     by_dataset: dict[str, dict[str, dict]] = {}
     seen: dict[str, tuple[Path, dict]] = {}
+    provenance: dict[str, dict] = {}
     for d in report_dirs:
         path = Path(d) / "metrics.json"
         if not path.is_file():
@@ -210,6 +211,7 @@ def join(report_dirs: list[Path], allow_mixed: bool = False) -> str:
         seen.setdefault(m["dataset"], (Path(d), s))
         for name, r in m["checkpoints"].items():
             by_dataset.setdefault(m["dataset"], {}).setdefault(name, {}).update(r)
+        provenance.update(m.get("provenance", {}))
     names = list(dict.fromkeys(n for rows in by_dataset.values() for n in rows))
     cols = [c for c in TABLE1 if any(_value(by_dataset.get(c[1], {}).get(n, {}).get(c[2]), c[3]) is not None
                                      for n in names)]
@@ -224,6 +226,12 @@ def join(report_dirs: list[Path], allow_mixed: bool = False) -> str:
                 cells.append(_cell(_value(sec, key), _std(sec, key), fmt))
             out.append(f"| {n} | " + " | ".join(cells) + " |")
         out.append("")
+    out += list(notes) + ([""] if notes else [])
+    if provenance:
+        out += ["Checkpoints: " + "; ".join(
+            f"{n} = {p['file']} (epoch {p['epoch']}, step {p['step']}"
+            + (f", monitor kNN {p['monitor_expr_knn']:.3f}" if "monitor_expr_knn" in p else "") + ")"
+            for n, p in provenance.items() if n in names), ""]
     for ds, rows in by_dataset.items():
         shown = {k: v for k, v in seen[ds][1].items() if k != "dataset"}
         out += [f"## {ds}", "", table(rows), "Settings: " + ", ".join(f"{k} {v}" for k, v in shown.items()), ""]

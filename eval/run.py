@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import report as R
-from eval.backbones import is_eyemouth, load_backbone, row_names
+from eval.backbones import checkpoint_meta, is_eyemouth, load_backbone, row_names
 from eval.datasets import Dataset, limit
 from eval.gradcam import map_side, pick_layer
 from preprocess.stills import aligned_faces, alignment_counts, cache_key
@@ -164,8 +164,10 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
     report_dir.mkdir(parents=True, exist_ok=True)
     gradcam_idx = _gradcam_images(labels["test"], n_classes, cfg)
     seeds = [cfg.seed + i for i in range(max(1, cfg.probe_seeds))]
+    given: dict[str, str] = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, width = ev.backbone(spec, row_name)
+        given[name] = spec
         row = {}
         feats = ({s: Rows(ev.features(spec, backbone, s), np.arange(len(ev.items[s]))) for s in ev.items}
                  if "linear" in protocols else None)
@@ -203,13 +205,15 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
         if grids:
             grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
             layer = pick_layer(cfg.gradcam_layer, cfg.image_size)
-            R.grid_png(grids, grid_labels, report_dir / "gradcam.png",
-                       f"Grad-CAM at {layer} ({map_side(layer, cfg.image_size)}x{map_side(layer, cfg.image_size)} "
-                       f"at {cfg.image_size} px), for the predicted class")
+            where = f"Grad-CAM at {layer} ({map_side(layer, cfg.image_size)}x{map_side(layer, cfg.image_size)} " \
+                    f"at {cfg.image_size} px)"
+            R.grid_png(grids, grid_labels, report_dir / "gradcam.png", f"{where}, for the predicted class")
+            if where not in ds.notes:
+                ds.notes.append(where)
             extra.append("![Grad-CAM](gradcam.png)")
         extra += [f"![confusion {n}]({p.name})"
                   for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
-        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra))
+        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra), given)
     return metrics
 
 
@@ -237,11 +241,13 @@ def _confusion(result, y_true, classes, title, report_dir, metrics):
     R.confusion_png(m, classes, title, report_dir / f"confusion-{R.slug(title)}.png")
 
 
-def _finish(ds, ev, cfg, results, report_dir, extra_md) -> dict:
+def _finish(ds, ev, cfg, results, report_dir, extra_md, specs: dict[str, str]) -> dict:
+    """metrics.json and the report; `specs`: row name -> the checkpoint given (its step and epoch recorded)."""
     metrics = {"dataset": ds.name, "classes": ds.classes, "config": dataclasses.asdict(cfg),
                "images": {k: len(v) for k, v in ev.items.items()},
                "alignment": {k: alignment_counts(v) for k, v in ev.how.items()},
-               "skipped": ds.skipped, "notes": ds.notes, "checkpoints": results}
+               "skipped": ds.skipped, "notes": ds.notes, "checkpoints": results,
+               "provenance": {name: meta for name, spec in specs.items() if (meta := checkpoint_meta(spec))}}
     R.write(report_dir, metrics, extra_md)
     return metrics
 
@@ -262,8 +268,10 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
     ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "
                     f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
     results = {}
+    given: dict[str, str] = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, _ = ev.backbone(spec, row_name)
+        given[name] = spec
         f = ev.features(spec, backbone, "all")
         row = {"fr_knn": {"acc": knn_accuracy(f, identities, gallery, probe), "people": len(people),
                           "gallery": int(len(gallery)), "n": int(len(probe))}}
@@ -274,5 +282,5 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                                                                 np.array([p[3] for p in pair_list])),
                                    "n": len(pair_list)}
         results[name] = row
-        metrics = _finish(ds, ev, cfg, results, report_dir, "")
+        metrics = _finish(ds, ev, cfg, results, report_dir, "", given)
     return metrics

@@ -45,3 +45,25 @@ class EvalConfig:
     align: str = option("landmarks", "landmarks (the pretraining alignment: mediapipe landmarks or the dataset's, "
                                      "with fallbacks) | none (whole images resized, usual for pre-cropped sets "
                                      "such as FER2013)", choices=("landmarks", "none"))
+
+
+@dataclass
+class EmbedConfig:
+    image_size: int = option(112, "model input side (faces aligned at 128, centre crop), as in pretraining",
+                             between=(16, None))
+    batch_size: int = option(256, "faces per forward pass (the embeddings do not depend on it)", between=(1, None))
+    device: str = option("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
+    arch: str = option("resnet50", "architecture for CKPT=random or imagenet (checkpoints carry their own)",
+                       choices=("resnet50", "resnet18", "resnet34", "resnet101"))
+    seed: int = option(0, "seed of CKPT=random")
+    projection: bool = option(False, "also the projector's output (a training checkpoint of the simclr family: "
+                                     "checkpoints/last.pt, best.pt, epoch-*.pt)")
+    sample_fps: float = option(25 / 6, "videos: frames sampled per second, as make shards samples them (accepts "
+                                       "25/6)", between=(0.001, None))
+    max_side: int = option(640, "videos: decoded frames are scaled down so the longer side is at most this",
+                           between=(64, None))
+    min_face_px: float = option(16.0, "videos: frames whose face has an inter-ocular distance below this are "
+                                      "dropped (listed)", between=(0.0, None))
+    aligned: bool = option(False, "images are already aligned 128x128 faces of this project (no detection)")
+    plots: bool = option(True, "PNG figures: the 2-D map of a labelled set (<class>/*.jpg: by class and, for "
+                               "<Name>_NNNN.jpg files, by person) and each video's embedding over time")

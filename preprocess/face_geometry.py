@@ -21,6 +21,12 @@ NOSE_TIP = 1
 EYES_AND_BROWS = RIGHT_EYE + LEFT_EYE + RIGHT_BROW + LEFT_BROW
 NOSE_AND_MOUTH = NOSE + LIPS
 INNER_FACE = EYES_AND_BROWS + NOSE_AND_MOUTH
+# what a FaceSwap donor must fit: the face's frame, not its expression (lips move with speech and expression, so
+# an open mouth would fail the fit against most donors and expressive frames would lack composites)
+SWAP_FIT = EYES_AND_BROWS + NOSE
+INNER_LIPS = (13, 14)  # upper and lower inner lip, on the midline
+# mouth opening bins (inner-lip gap in inter-ocular distances) for FaceSwap coverage
+MOUTH_BINS = (("closed", 0.0), ("open", 0.05), ("wide", 0.3))
 
 # ArcFace's 5-point template (112 px), shrunk by 0.8 about the centre and moved up 4 px in a 128 canvas: a loose
 # crop with forehead and chin, like VoxCeleb's face frames, so a random 112 crop keeps the whole inner face.
@@ -46,6 +52,19 @@ def five_points_68(landmarks68: np.ndarray) -> np.ndarray:
 def inter_ocular(landmarks: np.ndarray) -> float:
     p = five_points(landmarks)
     return float(np.linalg.norm(p[1] - p[0]))
+
+
+def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
+    """Inner-lip gap in inter-ocular distances, per frame of [n, 478, 2+] landmarks."""
+    lm = landmarks[..., :2].astype(np.float64)
+    gap = np.linalg.norm(lm[:, INNER_LIPS[0]] - lm[:, INNER_LIPS[1]], axis=1)
+    iod = np.linalg.norm(lm[:, RIGHT_EYE].mean(1) - lm[:, LEFT_EYE].mean(1), axis=1)
+    return gap / np.maximum(iod, 1e-6)
+
+
+def mouth_bin(opening: np.ndarray) -> np.ndarray:
+    """Index into MOUTH_BINS of each opening."""
+    return np.searchsorted([lo for _, lo in MOUTH_BINS[1:]], opening, side="right")
 
 
 def similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

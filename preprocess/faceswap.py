@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess.face_geometry import EYES_AND_BROWS, INNER_FACE, NOSE_AND_MOUTH, apply, inter_ocular, similarity
+from preprocess.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH, SWAP_FIT, apply, inter_ocular, similarity
 
 
 def _score(*parts) -> int:
@@ -103,9 +103,10 @@ def donor_frame(seed: int, key: str, frame: int, donor: str, n_donor_frames: int
 
 
 def misfit(lm_face: np.ndarray, lm_donor: np.ndarray) -> tuple[float, np.ndarray]:
-    """RMS landmark distance after the best similarity alignment, in the donor's inter-ocular distances, and
-    that alignment (face -> donor)."""
-    src, dst = lm_face[INNER_FACE].astype(np.float64), lm_donor[INNER_FACE].astype(np.float64)
+    """RMS distance of the eye, brow and nose landmarks (SWAP_FIT: not the lips, which carry the expression
+    and are pasted whole) after the best similarity alignment, in the donor's inter-ocular distances, and that
+    alignment (face -> donor)."""
+    src, dst = lm_face[SWAP_FIT].astype(np.float64), lm_donor[SWAP_FIT].astype(np.float64)
     m = similarity(src, dst)
     rms = np.sqrt(((apply(m, src) - dst) ** 2).sum(1).mean())
     return float(rms / max(inter_ocular(lm_donor), 1e-6)), m

@@ -14,6 +14,7 @@ from preprocess import faceswap as fs
 from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, part_name, select_part
+from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
 from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
 from preprocess.progress import progress
@@ -21,7 +22,7 @@ from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at
 from preprocess.settings import ShardsConfig
 
 # Bump a step's version when its code changes what it writes: its cache (and everything after) is redone.
-STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 2}
+STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 3}
 
 
 @dataclass
@@ -140,8 +141,12 @@ def make_swaps(key: str, arrays: dict, donors: dict[str, dict], cfg: ShardsConfi
         donor_names.append(";".join(names))
         made += bool(fitting)
     blob, idx = join_jpegs(jpegs)
+    bins = mouth_bin(mouth_opening(lms)) if len(lms) else np.zeros(0, int)
+    covered = np.array([bool(n) for n in donor_names], bool)
+    coverage = {name: [int((bins == b).sum()), int((covered & (bins == b)).sum())]
+                for b, (name, _) in enumerate(MOUTH_BINS)}
     info = {"donors": donor_names, "made": made, "composites": sum(1 for j in jpegs if j),
-            "swaps_per_frame": k, "rejects": rejects}
+            "swaps_per_frame": k, "rejects": rejects, "coverage": coverage}
     return {"swaps_blob": blob, "swaps_idx": idx, "misfit": np.array(misfits, np.float32)}, info
 
 
@@ -294,6 +299,11 @@ def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, pa
               for c in clips if infos[c.key]["failed"]]
     swap_made = sum(info["composites"] for info in swap_infos.values())
     swap_skipped = sum(len(info["donors"]) - info["made"] for info in swap_infos.values())  # frames without any
+    coverage = {name: {"frames": 0, "with_composite": 0} for name, _ in MOUTH_BINS}
+    for info in swap_infos.values():
+        for name, (frames, covered) in info.get("coverage", {}).items():
+            coverage[name]["frames"] += frames
+            coverage[name]["with_composite"] += covered
     import pyarrow.parquet as pq
 
     meta = pq.read_schema(out / MANIFEST).metadata if (out / MANIFEST).is_file() else {}
@@ -306,6 +316,8 @@ def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, pa
         "frames_kept": sum(i["kept"] for i in infos.values()),
         "frames_dropped": drops,
         "composites": swap_made, "composites_skipped": swap_skipped,
+        "composite_coverage": {"by_mouth_opening": coverage, "bins": {n: lo for n, lo in MOUTH_BINS},
+                               "unit": "inner-lip gap in inter-ocular distances, bin = [lower bound, next)"},
         "shards": int(meta.get(b"shards", b"0")) if meta else 0,
         "bytes": int(meta.get(b"bytes", b"0")) if meta else 0,
         "work_done": work, "seconds": {k: round(v, 2) for k, v in timings.items()},
@@ -327,6 +339,11 @@ def print_summary(s: dict) -> None:
     print(f"frames        {s['frames_kept']} kept of {s['frames_sampled']} sampled, {dropped} dropped"
           + "".join(f"\n  dropped     {n} {r}" for r, n in sorted(s["frames_dropped"].items())))
     print(f"composites    {s['composites']} made, {s['composites_skipped']} frames without one")
+    cov = s["composite_coverage"]["by_mouth_opening"]
+    if any(c["frames"] for c in cov.values()):
+        print("  coverage    frames with a composite, by mouth opening: " + ", ".join(
+            f"{name} {c['with_composite'] / c['frames']:.0%} of {c['frames']}" for name, c in cov.items()
+            if c["frames"]))
     written = (f"; this run wrote {s['pack']['shards_written']} for {s['pack']['clips_written']} clips and kept "
                f"{s['pack']['shards_kept']}") if s["pack"] else ""
     print(f"shards        {s['shards']} ({s['bytes'] / 1e6:.1f} MB{written})")

@@ -100,23 +100,30 @@ def align_one(item: Still) -> tuple[np.ndarray | None, str, np.ndarray | None]:
     rgb = read_image(item)
     if rgb is None:
         return None, "unreadable", None
+    face, how, pts, _ = align_rgb(rgb, item.box, item.points)
+    return face, how, pts
+
+
+def align_rgb(rgb: np.ndarray, box: tuple | None = None, points: tuple | None = None
+              ) -> tuple[np.ndarray, str, np.ndarray | None, np.ndarray | None]:
+    """align_one on a decoded RGB image: (face, how, unit points, the landmarks in image pixels or None)."""
     h, w = rgb.shape[:2]
-    square = _box_square(item.box) if item.box is not None else np.array([0, 0, w, h], float)
+    square = _box_square(box) if box is not None else np.array([0, 0, w, h], float)
 
     def unit(pts):
         return (pts - square[:2]) / (square[2:] - square[:2])
 
-    if item.points is not None:
-        pts = np.asarray(item.points, float).reshape(5, 2)
-        return _warp(rgb, similarity(pts, TEMPLATE_UNIT * FACE_SIZE)), "given landmarks", unit(pts)
+    if points is not None:
+        pts = np.asarray(points, float).reshape(5, 2)
+        return _warp(rgb, similarity(pts, TEMPLATE_UNIT * FACE_SIZE)), "given landmarks", unit(pts), None
     lm = _landmarks(rgb)
-    outside = lm is not None and item.box is not None and not _inside(five_points(lm), item.box)
+    outside = lm is not None and box is not None and not _inside(five_points(lm), box)
     if lm is not None and not outside:
-        return _warp(rgb, alignment_matrix(lm, FACE_SIZE)), "landmarks", unit(five_points(lm))
-    if item.box is not None:
+        return _warp(rgb, alignment_matrix(lm, FACE_SIZE)), "landmarks", unit(five_points(lm)), lm
+    if box is not None:
         m = box_crop_matrix(square, FACE_SIZE)
-        return _warp(rgb, m), "box (detected face outside it)" if outside else "box", None
-    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "full", None
+        return _warp(rgb, m), "box (detected face outside it)" if outside else "box", None, None
+    return cv2.resize(rgb, (FACE_SIZE, FACE_SIZE), interpolation=cv2.INTER_AREA), "full", None, None
 
 
 def place_by_mean_geometry(full: np.ndarray, mean_points: np.ndarray) -> np.ndarray:

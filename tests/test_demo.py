@@ -1,6 +1,7 @@
 """`make demo`: its synthetic corpus (expression changes within a clip, identity does not) and its report."""
 import csv
 import json
+import re
 
 import cv2
 import numpy as np
@@ -108,5 +109,12 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     expr = json.loads((out / "reports" / "expressions" / "metrics.json").read_text())
     assert expr["classes"] == ["neutral", "smile", "surprise"]
     assert (out / "reports" / "expressions" / "gradcam.png").is_file()
+    assert "Grad-CAM at layer1 (8x8 at 32 px)" in " ".join(expr["notes"])  # not the 1x1 map of layer4
+    # the thesis as a picture: the map with its silhouettes for random, simclr and sslfer, and a clip over time
+    assert (out / "embed" / "expressions-map.png").stat().st_size > 10_000
+    assert "## Expression or identity, as a picture" in report and "expressions-map.png" in report
+    for row in ("random (resnet18)", "simclr/backbone.pt", "sslfer/backbone.pt"):
+        assert re.search(rf"\| {re.escape(row)} \| [+-]\d\.\d{{3}} \| [+-]\d\.\d{{3}} \|", report), row
+    assert len(list((out / "embed").glob("clip-*-time.png"))) == 1
     knn = json.loads((out / "reports" / "identities" / "metrics.json").read_text())
     assert all(r["fr_knn"]["people"] == 3 for r in knn["checkpoints"].values())

@@ -61,6 +61,15 @@ def test_build_writes_shards_manifest_and_summary(built):
     donors = [(s, i, d) for s in samples for i, ds in enumerate(s.meta["donors"]) for d in ds.split(";") if d]
     assert donors and all(speakers[d.rsplit("/", 1)[0]] != s.meta["speaker"] for s, _, d in donors)
     assert summary["composites"] == sum(int(s.swap_slots().sum()) for s in samples) == len(donors)
+    # coverage by mouth opening: every kept frame in one bin, composites counted per frame
+    from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
+
+    cov = summary["composite_coverage"]["by_mouth_opening"]
+    assert list(cov) == [name for name, _ in MOUTH_BINS]
+    for b, (name, _) in enumerate(MOUTH_BINS):
+        in_bin = [(mouth_bin(mouth_opening(s.landmarks)) == b) for s in samples]
+        assert cov[name]["frames"] == sum(int(m.sum()) for m in in_bin)
+        assert cov[name]["with_composite"] == sum(int((s.has_swap() & m).sum()) for s, m in zip(samples, in_bin))
     # up to swaps_per_frame (2) composites per frame, each with another donor clip
     assert max(s.swap_slots().shape[1] for s in samples) == 2 and any(s.swap_slots()[:, 1].any() for s in samples)
     for s, i, d in donors:
@@ -342,6 +351,10 @@ def test_real_talking_faces(tmp_path):
     assert summary["clips_failed"] == 0
     assert summary["frames_kept"] >= 0.9 * summary["frames_sampled"]
     assert summary["composites"] > 0.5 * summary["frames_kept"]
+    # FaceSwap's fit leaves the lips out: talking (open-mouth) frames get composites about as often as the rest
+    cov = summary["composite_coverage"]["by_mouth_opening"]
+    shares = {k: c["with_composite"] / c["frames"] for k, c in cov.items() if c["frames"] >= 20}
+    assert len(shares) >= 2 and max(shares.values()) - min(shares.values()) < 0.15, shares
 
 
 def test_merge_validates_parts_and_handles_empty_ones(good_corpus, tmp_path):

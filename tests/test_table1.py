@@ -23,10 +23,22 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
     for column in ("Freeze-AffectNet F1", "Finetune-AffectNet Acc", "Valence CCC", "Arousal RMSE", "FR-KNN ↓"):
         assert column in header
     assert "| simclr/backbone.pt |" in table and "| sslfer/backbone.pt |" in table
+    # the table says which checkpoint each row is, and its epoch and step
+    assert "Each row is its run's last step (backbone.pt)." in table
+    assert "simclr/backbone.pt = " in table and "(epoch 1, step 2)" in table
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == ["pretrain-simclr",
                                                                                              "pretrain-sslfer"]
     assert main(args) == 0  # finished runs are not trained again
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == []
+    # --monitor: every pretraining watches the set and each row is the best step by its kNN score
+    expressions, _ = make_expression_sets(tmp_path / "sets", identities=2, per_class=3)
+    best = ["--shards", str(shards), "--lfw", str(people), "--presets", "simclr", "--runs", str(tmp_path / "runs2"),
+            "--out", str(tmp_path / "rep2"), "--monitor", str(expressions), "--eval", EVAL,
+            "--train", TRAIN + " monitor_every=1 monitor_max_images=20"]
+    assert main(best) == 0
+    table = (tmp_path / "rep2" / "table1.md").read_text()
+    assert "| simclr/best.pt |" in table and "best online expression kNN on " + str(expressions) in table
+    assert "simclr/best.pt = " in table and "monitor kNN 0." in table
     slurm_args = [*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --time=2:00:00 #SBATCH -p gpu"]
     assert main([*slurm_args, "--sbatch", "#SBATCH --gres=gpu:8"]) != 0  # GPUs come from --gpus-per-node
     assert main([*slurm_args, "--nodes", "2", "--gpus-per-node", "8"]) == 0

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import random
 from pathlib import Path
 
@@ -10,6 +11,10 @@ import numpy as np
 import torch
 
 from preprocess.cache import atomic_write_bytes
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -66,8 +71,43 @@ def _feature_width(state: dict) -> int:
     return state[last].shape[0]
 
 
-def export_backbone(model, path: Path) -> None:
-    atomic_save(backbone_state(model), path)
+def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: dict | None = None) -> None:
+    """backbone.pt (a torch state dict), the same tensors as backbone.safetensors, and backbone.json: what the
+    backbone is and how to feed it (architecture, input, normalisation, alignment template), how it was trained
+    (`about`: preset, settings, commit) and how to load it without this repository."""
+    from safetensors.torch import save_file
+
+    from preprocess.face_geometry import TEMPLATE_UNIT
+    from train.augment import IMAGENET_MEAN, IMAGENET_STD
+
+    state = backbone_state(model)
+    atomic_save(state, path)
+    tensors = path.with_suffix(".safetensors")
+    tmp = tensors.with_name(tensors.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
+    tmp.replace(tensors)
+    resize = round(image_size * 128 / 112)
+    card = {
+        "architecture": arch, "feature_dim": _feature_width(state),
+        "fc": "a zero placeholder (1000 classes) so that strict loading works; the embedding is the pooled "
+              "feature before it: set fc = Identity (torchvision) or num_classes=0 (timm)",
+        "input": {"face": "RGB face aligned to the template below at 128x128 (mediapipe face mesh: eye centres, "
+                          "nose tip, mouth corners)",
+                  "resize": [resize, resize], "centre_crop": [image_size, image_size], "scale": "x / 255",
+                  "mean": [round(float(v), 4) for v in IMAGENET_MEAN],
+                  "std": [round(float(v), 4) for v in IMAGENET_STD]},
+        "alignment_template_128px": {"points": ["image-left eye centre", "image-right eye centre", "nose tip",
+                                                "image-left mouth corner", "image-right mouth corner"],
+                                     "xy": (TEMPLATE_UNIT * 128).round(3).tolist()},
+        "files": {"torch": path.name, "safetensors": tensors.name},
+        "load": {"torchvision": f"m = torchvision.models.{arch}(); m.load_state_dict(safetensors.torch.load_file("
+                                f"'{tensors.name}')); m.fc = torch.nn.Identity()",
+                 "timm": f"timm.create_model('{arch}', pretrained=True, num_classes=0, "
+                         f"pretrained_cfg_overlay=dict(file='{tensors.name}'))",
+                 "this project": f"eval.embed.load_encoder('{path.name}') and eval.embed.FacePreprocess()"},
+        **(about or {}),
+    }
+    atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
 
 
 # options that only change how a run is carried out, not what it computes: a resume may change them

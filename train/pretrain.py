@@ -487,7 +487,11 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
     if main:
         end_epoch = min(epochs, math.ceil(step / steps_per_epoch))
         checkpoint(ckpt_dir / "last.pt", end_epoch)
-        export_backbone(model, run / "backbone.pt")
+        export_backbone(model, run / "backbone.pt", cfg.arch, cfg.image_size,
+                        {"trained_with": {"preset": preset, "steps": step, "epochs": end_epoch,
+                                          "git_commit": runinfo.git_commit(), "shards": str(shards),
+                                          "maskfn_descriptor": descriptor if cfg.maskfn else None,
+                                          "settings": dataclasses.asdict(cfg)}})
         plot_curves(log_path, run / "curves.png")
         trained = [r for r in history if "loss" in r]
         if trained:

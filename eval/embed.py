@@ -1,0 +1,341 @@
+"""Expression embeddings of any face image or video with a pretrained backbone: a small Python API and
+`python -m eval embed INPUT... --ckpt CKPT [--ckpt ...] --out FILE.parquet [key=value ...]` (`make embed`).
+
+    import torch
+    from eval.embed import FacePreprocess, load_encoder
+
+    net = load_encoder("runs/sslfer/backbone.pt")  # a torchvision ResNet whose forward is the pooled embedding
+    prep = FacePreprocess()                         # RGB uint8 image -> [3, 112, 112], aligned as in pretraining
+    with torch.no_grad():
+        emb = net(torch.stack([prep(image) for image in images]))
+
+Images are aligned exactly as the evaluation aligns them (mediapipe face mesh on the still, the pretraining
+template, 128 px, resize and centre crop to 112, ImageNet normalisation), so their embeddings equal the
+evaluation's features; video frames are sampled and aligned as `make shards` does it (the same timestamps, the
+face tracked through the clip). An input that cannot be read or shows no face is listed with its reason."""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from eval.datasets import IMAGE_EXTENSIONS
+from preprocess.corpus import VIDEO_EXTENSIONS
+from preprocess.progress import progress
+from train.augment import eval_transform
+
+FACE_SIZE = 128
+
+
+class NoFace(ValueError):
+    """The image shows no face the detector finds."""
+
+
+def load_encoder(spec: str, arch: str = "resnet50", seed: int = 0) -> torch.nn.Module:
+    """Any checkpoint or backbone.pt of this project (or a torchvision ResNet state dict, 'imagenet', 'random')
+    as a torchvision ResNet in eval mode whose fc is the identity: net(x) is the pooled embedding."""
+    from eval.backbones import load_backbone
+
+    return load_backbone(spec, arch, seed)[1]
+
+
+def load_projector(spec: str) -> torch.nn.Module:
+    """The projection head of a training checkpoint (simclr family: TimeAug, HardNeg, FaceSwap, MaskFN)."""
+    from eval.backbones import CheckpointError
+    from train.models import mlp
+
+    state = torch.load(spec, map_location="cpu", weights_only=True)
+    weights = {k.split("projector.", 1)[1]: v for k, v in (state.get("model") or {}).items()
+               if k.startswith("projector.")}
+    if not weights:
+        raise CheckpointError(f"{spec}: holds no projector (projection=true needs a training checkpoint of the "
+                              f"simclr family: RUN/checkpoints/last.pt, best.pt or epoch-*.pt)")
+    head = mlp(weights["0.weight"].shape[1], weights["0.weight"].shape[0], weights["2.weight"].shape[0])
+    head.load_state_dict(weights)
+    return head.eval()
+
+
+def face_box(landmarks: np.ndarray, scale: float = 1.0) -> list[float]:
+    """x, y, w, h of the landmarks' bounding box, times scale."""
+    lo, hi = landmarks[:, :2].min(0), landmarks[:, :2].max(0)
+    return [float(v) * scale for v in (lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1])]
+
+
+class FacePreprocess:
+    """Image in (RGB uint8, any size: a photo or a video frame), model input out ([3, S, S] float): the face
+    aligned to the pretraining template at 128 px, resized and centre-cropped to S = image_size, normalised.
+    `aligned=True` takes the image as an already aligned 128 px face (this project's shards and caches).
+    Raises NoFace when the detector finds none."""
+
+    def __init__(self, image_size: int = 112, aligned: bool = False):
+        self.image_size, self.aligned = image_size, aligned
+
+    def align(self, rgb: np.ndarray) -> tuple[np.ndarray, list[float]]:
+        """(the 128 px aligned face, its box x, y, w, h in the image's pixels)."""
+        from preprocess.stills import align_rgb
+
+        if self.aligned:
+            return np.ascontiguousarray(rgb[:, :, :3]), [0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])]
+        face, how, _, landmarks = align_rgb(rgb)
+        if how != "landmarks":
+            raise NoFace("no face found")
+        return face, face_box(landmarks)
+
+    def tensor(self, faces: np.ndarray) -> torch.Tensor:
+        """Aligned uint8 faces [N, 128, 128, 3] -> model input [N, 3, S, S]."""
+        return eval_transform(torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2), self.image_size)
+
+    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
+        return self.tensor(self.align(rgb)[0][None])[0]
+
+
+@dataclass
+class Faces:
+    """Aligned faces and what each row is."""
+    faces: list[np.ndarray] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def add(self, face: np.ndarray, **row) -> None:
+        self.faces.append(face)
+        self.rows.append(row)
+
+    def reject(self, source: str, reason: str, frame: int = -1, timestamp: float = float("nan")) -> None:
+        self.rejects.append({"source": source, "frame": frame, "timestamp": timestamp, "reason": reason})
+
+
+def find_inputs(inputs: list[str]) -> tuple[list[tuple[Path, str]], list[Path], list[dict]]:
+    """(images with their label, videos, rejects). A folder is searched recursively; an image's label is the
+    folder under the given one that holds it (the class of a <class>/*.jpg set), '' for a file given alone."""
+    images, videos, rejects = [], [], []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.rglob("*") if p.is_file())
+            pairs = [(p, p.relative_to(path).parts[0] if len(p.relative_to(path).parts) > 1 else "") for p in files]
+        elif path.exists():
+            pairs = [(path, "")]
+        else:
+            rejects.append({"source": text, "frame": -1, "timestamp": float("nan"), "reason": "no such file"})
+            continue
+        for p, label in pairs:
+            ext = p.suffix.lower()
+            if ext in IMAGE_EXTENSIONS:
+                images.append((p, label))
+            elif ext in VIDEO_EXTENSIONS:
+                videos.append(p)
+            elif path.is_file():  # a file named on its own is reported; other files in folders are not inputs
+                rejects.append({"source": str(p), "frame": -1, "timestamp": float("nan"),
+                                "reason": f"not an image ({', '.join(sorted(IMAGE_EXTENSIONS))}) or video "
+                                          f"({', '.join(sorted(VIDEO_EXTENSIONS))})"})
+    return images, videos, rejects
+
+
+def identity_of(path: Path) -> str:
+    """The person of an LFW-style file name <Name>_NNNN.jpg, '' otherwise."""
+    m = re.fullmatch(r"(.+)_\d+", path.stem)
+    return m.group(1) if m else ""
+
+
+def align_images(images: list[tuple[Path, str]], prep: FacePreprocess, out: Faces) -> None:
+    from preprocess.stills import Still, read_image
+
+    for path, label in progress(images, desc="align images", unit="img", dynamic_ncols=True):
+        rgb = read_image(Still(str(path)))
+        if rgb is None:
+            out.reject(str(path), "unreadable image")
+            continue
+        try:
+            face, box = prep.align(rgb)
+        except NoFace as e:
+            out.reject(str(path), str(e))
+            continue
+        out.add(face, source=str(path), label=label, identity=identity_of(path), frame=0,
+                timestamp=float("nan"), box=box)
+
+
+def align_video(path: Path, cfg, out: Faces) -> int:
+    """Frames sampled and aligned as make shards does it; returns the frames kept."""
+    from preprocess.decode import DecodeError, DecodeReport, probe, read_video
+    from preprocess.faces import align_face
+    from preprocess.landmarks import FaceTracker
+
+    report, kept = DecodeReport(), 0
+    try:
+        width = float(probe(path).get("width") or 0)
+        with FaceTracker(4, cfg.min_face_px, 0.5) as tracker:
+            for i, frame in enumerate(read_video(path, cfg.sample_fps, cfg.max_side, report)):
+                det = tracker.detect(frame.rgb) if frame.rgb is not None else None
+                reason = "unreadable frame" if det is None else det.reason
+                if reason:
+                    out.reject(str(path), reason, i, frame.timestamp)
+                    continue
+                face = align_face(frame.rgb, det.landmarks, FACE_SIZE, 64)[0]
+                scale = width / frame.rgb.shape[1] if width else 1.0  # the box in the video's own pixels
+                out.add(face, source=str(path), label="", identity="", frame=i, timestamp=frame.timestamp,
+                        box=face_box(det.landmarks, scale))
+                kept += 1
+    except DecodeError as e:
+        out.reject(str(path), str(e))
+    if report.warning:
+        out.reject(str(path), report.warning)
+    if kept == 0 and not any(r["source"] == str(path) and r["frame"] == -1 for r in out.rejects):
+        out.reject(str(path), "no usable face in any sampled frame")
+    return kept
+
+
+def embeddings(spec: str, faces: np.ndarray, cfg, device: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """(backbone embeddings, projector outputs or None) of aligned faces, as the evaluation computes features."""
+    from eval.probe import extract_features
+
+    net = load_encoder(spec, cfg.arch, cfg.seed)
+    emb = extract_features(net, faces, cfg.image_size, device, batch=cfg.batch_size, desc="embed")
+    proj = None
+    if cfg.projection:
+        with torch.no_grad():
+            proj = load_projector(spec)(torch.from_numpy(np.asarray(emb, np.float32))).numpy()
+    return np.asarray(emb, np.float32), proj
+
+
+def write_table(path: Path, rows: list[dict]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from preprocess.cache import atomic_write_bytes
+
+    columns = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
+    table = pa.table({k: (pa.array(v, pa.list_(pa.float32(), len(v[0])))
+                          if k in ("embedding", "projection", "box") else pa.array(v))
+                      for k, v in columns.items()})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
+    """Embed every face of the inputs with every checkpoint; writes OUT (parquet), OUT's .rejects.csv, the
+    figures, and OUT's .json summary; returns the summary."""
+    from eval.backbones import row_names
+    from eval.run import check_backbones
+    from preprocess.regions import resolve_device
+
+    t0 = time.time()
+    check_backbones(specs, cfg)  # every --ckpt loads, and the device exists, before any face is aligned
+    if cfg.projection:
+        for spec in specs:
+            load_projector(spec)
+    device = resolve_device(cfg.device)
+    images, videos, rejects = find_inputs(inputs)
+    if not images and not videos:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos "
+                         f"({', '.join(sorted(VIDEO_EXTENSIONS))}) in {' '.join(inputs)}")
+    found = Faces(rejects=rejects)
+    prep = FacePreprocess(cfg.image_size, cfg.aligned)
+    align_images(images, prep, found)
+    for path in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
+        align_video(path, cfg, found)
+    if not found.faces:
+        raise ValueError(f"no face in any input ({len(found.rejects)} listed: first {found.rejects[0]['source']}: "
+                         f"{found.rejects[0]['reason']})")
+    faces = np.stack(found.faces)
+    rows, vectors = [], {}
+    for spec, name in row_names(specs, cfg.arch).items():
+        emb, proj = embeddings(spec, faces, cfg, device)
+        vectors[name] = emb
+        for i, row in enumerate(found.rows):
+            rows.append({"checkpoint": name, **row, "embedding": emb[i].tolist(),
+                         **({"projection": proj[i].tolist()} if proj is not None else {})})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_table(out, rows)
+    rejects_path = out.with_suffix(".rejects.csv")
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, ["source", "frame", "timestamp", "reason"])
+    w.writeheader()
+    w.writerows(found.rejects)
+    rejects_path.write_text(buf.getvalue())
+    summary = {"out": str(out), "rejects": str(rejects_path), "checkpoints": list(vectors),
+               "images": len(images), "videos": len(videos), "faces": len(found.faces),
+               "rejected": len(found.rejects), "dim": int(next(iter(vectors.values())).shape[1]), "figures": []}
+    if cfg.plots:
+        from eval import embed_plots
+
+        labels = [r["label"] for r in found.rows]
+        if len(set(labels) - {""}) >= 2:
+            identities = [r["identity"] for r in found.rows]
+            png = out.with_name(out.stem + "-map.png")
+            summary["silhouette"] = embed_plots.map_png(vectors, labels, identities, png)
+            summary["figures"].append(str(png))
+        for video in sorted({r["source"] for r in found.rows if r["label"] == "" and r["frame"] >= 0
+                             and not np.isnan(r["timestamp"])}):
+            idx = [i for i, r in enumerate(found.rows) if r["source"] == video]
+            if len(idx) >= 3:
+                png = out.with_name(f"{out.stem}-{Path(video).stem}-time.png")
+                embed_plots.time_png({n: v[idx] for n, v in vectors.items()},
+                                     np.array([found.rows[i]["timestamp"] for i in idx]), Path(video).name, png)
+                summary["figures"].append(str(png))
+    summary["seconds"] = round(time.time() - t0, 1)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def print_summary(s: dict, rejects: list[dict] | None = None) -> None:
+    print("\n== make embed ==")
+    print(f"inputs        {s['images']} images, {s['videos']} videos")
+    print(f"embedded      {s['faces']} faces x {len(s['checkpoints'])} checkpoint(s), {s['dim']}-d: "
+          + ", ".join(s["checkpoints"]))
+    print(f"rejected      {s['rejected']} (reasons in {s['rejects']})")
+    for name, scores in s.get("silhouette", {}).items():
+        print(f"  silhouette  {name}: " + ", ".join(f"by {k} {v:+.3f}" for k, v in scores.items()))
+    print(f"table         {s['out']}")
+    for png in s["figures"]:
+        print(f"figure        {png}")
+    print(f"time          {s['seconds']:.0f} s")
+
+
+def main(argv=None) -> int:
+    from eval.backbones import CheckpointError
+    from eval.settings import EmbedConfig
+    from preprocess.config import ConfigError, load_config, options_help
+    from preprocess.regions import WeightsMissing
+
+    p = argparse.ArgumentParser(
+        prog="python -m eval embed", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Embeddings of face images, folders of images and videos with pretrained backbones: one row "
+                    "per image or sampled video frame (source, label, identity, frame, timestamp, face box, "
+                    "embedding) in a parquet table, the inputs without a face listed with their reason.",
+        epilog="CKPT: as for the evaluation (checkpoints/*.pt, backbone.pt, a torchvision ResNet state dict, "
+               "imagenet, random).\n\noptions (key=value):\n" + options_help(EmbedConfig))
+    p.add_argument("inputs", nargs="+", help="images, folders (searched recursively; <class>/*.jpg gives labels) "
+                                             "and videos")
+    p.add_argument("--ckpt", action="append", default=[], help="backbone (repeatable)")
+    p.add_argument("--out", default="embeddings.parquet", help="the table (default embeddings.parquet)")
+    args, overrides = p.parse_known_args(argv)
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        p.error(f"unrecognised arguments: {' '.join(bad)}")
+    try:
+        cfg = load_config(EmbedConfig, None, overrides)
+        if not args.ckpt:
+            raise ConfigError("give at least one --ckpt (CKPT=...)")
+        if Path(args.out).suffix != ".parquet":
+            raise ConfigError(f"--out {args.out}: expected a .parquet file")
+        summary = embed(args.inputs, args.ckpt, cfg, Path(args.out))
+    except (ConfigError, CheckpointError, WeightsMissing, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
