@@ -2,6 +2,7 @@
 any torchvision ResNet state dict, the official code's checkpoints (`backbone.` prefixes), `imagenet`, `random`."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -87,11 +88,21 @@ def row_names(specs: list[str], arch: str) -> dict[str, str]:
 
 
 def checkpoint_meta(spec: str) -> dict:
-    """What a checkpoint of this project says of itself: step, epoch, preset, the monitor's best score and the
-    instance top-1 it was saved at; {} for anything else. Tensors are memory-mapped, not read."""
+    """What a checkpoint of this project says of itself: step, epoch, preset and the monitor's best score (an
+    exported backbone.pt: from the backbone.json beside it); {} for anything else. Tensors are memory-mapped,
+    not read."""
     path = Path(spec)
     if not path.is_file():
         return {}
+    card = path.with_suffix(".json")
+    if card.is_file():
+        try:
+            trained = json.loads(card.read_text()).get("trained_with") or {}
+        except (OSError, ValueError):
+            trained = {}
+        if "steps" in trained:
+            return {"file": str(path), "step": int(trained["steps"]), "epoch": int(trained.get("epochs", -1)),
+                    "preset": trained.get("preset")}
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # not a zip checkpoint (mmap needs one), or not a checkpoint: no metadata to show

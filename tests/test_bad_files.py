@@ -264,3 +264,17 @@ def test_a_part_where_every_clip_fails_fails_its_slurm_task(tmp_path, photos):
         if name == "bad":
             assert "error: every clip failed (2)" in r.stderr
     assert codes == {"bad": 4, "mixed": 0}
+
+
+@pytest.mark.parametrize("bad", ["device=cuda", "device=gpu", "layout=tree", "jpeg_quality=0"])
+def test_bad_shards_options_are_one_line_before_any_decoding(bad, good_corpus, tmp_path, capsys):
+    import torch
+
+    from preprocess.__main__ import main
+
+    if bad == "device=cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert main(["build", str(good_corpus), str(tmp_path / "shards"), "region_weights=random", bad]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}")
+    assert not (tmp_path / "shards").exists()
