@@ -107,7 +107,7 @@ def main(argv=None) -> int:
           "expression and by person; the silhouette (cosine, on the full embeddings) says how well each colouring "
           "separates: an expression-aware backbone scores high by expression and low by person.", "",
           "| checkpoint | silhouette by expression | silhouette by person |", "|---|---:|---:|",
-          *[f"| {n} | {s.get('expression', float('nan')):+.3f} | {s.get('person', float('nan')):+.3f} |"
+          *[f"| {n} | {s.get('class', float('nan')):+.3f} | {s.get('person', float('nan')):+.3f} |"
             for n, s in silhouettes.items()], "",
           *[f"![{png.stem}]({rel(png)})" for png in sorted((out / "embed").glob("*.png"))], "",
           *[f"![{png.parent.name} {png.stem}]({rel(png)})" for png in pngs]]
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     for line in lines:
         print(f"  {line}")
     for name, sil in silhouettes.items():
-        print(f"silhouette    {name}: by expression {sil.get('expression', float('nan')):+.3f}, by person "
+        print(f"silhouette    {name}: by expression {sil.get('class', float('nan')):+.3f}, by person "
               f"{sil.get('person', float('nan')):+.3f}")
     print(f"report        {out / 'report.md'} (tables, embedding map, training curves, confusion matrices, "
           f"Grad-CAM)")

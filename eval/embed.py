@@ -98,7 +98,7 @@ class FacePreprocess:
 
 @dataclass
 class Faces:
-    """Aligned faces and what each row is."""
+    """Aligned faces and what each row is (one chunk of the inputs), and the inputs rejected."""
     faces: list[np.ndarray] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
@@ -144,30 +144,48 @@ def identity_of(path: Path) -> str:
     return m.group(1) if m else ""
 
 
-def align_images(images: list[tuple[Path, str]], prep: FacePreprocess, out: Faces) -> None:
+def _align_paths(task: tuple[list[str], int, bool]) -> list[tuple[np.ndarray | None, list[float] | None, str]]:
+    """(face, box, reason) per image file: a worker's share of a chunk."""
     from preprocess.stills import Still, read_image
 
-    for path, label in progress(images, desc="align images", unit="img", dynamic_ncols=True):
-        rgb = read_image(Still(str(path)))
+    paths, image_size, aligned = task
+    prep, out = FacePreprocess(image_size, aligned), []
+    for path in paths:
+        rgb = read_image(Still(path))
         if rgb is None:
-            out.reject(str(path), "unreadable image")
+            out.append((None, None, "unreadable image"))
             continue
         try:
-            face, box = prep.align(rgb)
+            out.append((*prep.align(rgb), ""))
         except NoFace as e:
-            out.reject(str(path), str(e))
-            continue
-        out.add(face, source=str(path), label=label, identity=identity_of(path), frame=0,
-                timestamp=float("nan"), box=box)
+            out.append((None, None, str(e)))
+    return out
 
 
-def align_video(path: Path, cfg, out: Faces) -> int:
-    """Frames sampled and aligned as make shards does it; returns the frames kept."""
+def align_images(images: list[tuple[Path, str]], cfg, pool, bar, first: int = 0) -> Faces:
+    """One chunk of images (the first being input number `first`) aligned as the evaluation aligns them, over
+    the worker pool when there is one."""
+    found = Faces()
+    parts = [[str(p) for p, _ in images[i:i + 32]] for i in range(0, len(images), 32)]
+    tasks = [(part, cfg.image_size, cfg.aligned) for part in parts]
+    results = pool.imap(_align_paths, tasks) if pool else map(_align_paths, tasks)
+    for k, ((path, label), (face, box, reason)) in enumerate(zip(images, (r for part in results for r in part))):
+        if reason:
+            found.reject(str(path), reason)
+        else:
+            found.add(face, index=first + k, source=str(path), label=label, identity=identity_of(path), frame=0,
+                      timestamp=float("nan"), box=box)
+        bar.update(1)
+    return found
+
+
+def align_video(path: Path, cfg) -> Faces:
+    """Frames sampled and aligned as make shards does it."""
     from preprocess.decode import DecodeError, DecodeReport, probe, read_video
     from preprocess.faces import align_face
     from preprocess.landmarks import FaceTracker
 
-    report, kept = DecodeReport(), 0
+    found, report = Faces(), DecodeReport()
     try:
         width = float(probe(path).get("width") or 0)
         with FaceTracker(4, cfg.min_face_px, 0.5) as tracker:
@@ -175,114 +193,157 @@ def align_video(path: Path, cfg, out: Faces) -> int:
                 det = tracker.detect(frame.rgb) if frame.rgb is not None else None
                 reason = "unreadable frame" if det is None else det.reason
                 if reason:
-                    out.reject(str(path), reason, i, frame.timestamp)
+                    found.reject(str(path), reason, i, frame.timestamp)
                     continue
                 face = align_face(frame.rgb, det.landmarks, FACE_SIZE, 64)[0]
                 scale = width / frame.rgb.shape[1] if width else 1.0  # the box in the video's own pixels
-                out.add(face, source=str(path), label="", identity="", frame=i, timestamp=frame.timestamp,
-                        box=face_box(det.landmarks, scale))
-                kept += 1
+                found.add(face, source=str(path), label="", identity="", frame=i, timestamp=frame.timestamp,
+                          box=face_box(det.landmarks, scale))
     except DecodeError as e:
-        out.reject(str(path), str(e))
+        found.reject(str(path), str(e))
     if report.warning:
-        out.reject(str(path), report.warning)
-    if kept == 0 and not any(r["source"] == str(path) and r["frame"] == -1 for r in out.rejects):
-        out.reject(str(path), "no usable face in any sampled frame")
-    return kept
+        found.reject(str(path), report.warning)
+    if not found.faces and not any(r["frame"] == -1 for r in found.rejects):
+        found.reject(str(path), "no usable face in any sampled frame")
+    return found
 
 
-def embeddings(spec: str, faces: np.ndarray, cfg, device: str) -> tuple[np.ndarray, np.ndarray | None]:
-    """(backbone embeddings, projector outputs or None) of aligned faces, as the evaluation computes features."""
-    from eval.probe import extract_features
+class TableWriter:
+    """The parquet table, written chunk by chunk (row groups) into a temporary file renamed at the end."""
 
-    net = load_encoder(spec, cfg.arch, cfg.seed)
-    emb = extract_features(net, faces, cfg.image_size, device, batch=cfg.batch_size, desc="embed")
-    proj = None
-    if cfg.projection:
-        with torch.no_grad():
-            proj = load_projector(spec)(torch.from_numpy(np.asarray(emb, np.float32))).numpy()
-    return np.asarray(emb, np.float32), proj
+    def __init__(self, path: Path):
+        self.path, self.tmp, self.writer, self.rows = path, path.with_name(path.name + ".tmp"), None, 0
+
+    def write(self, rows: list[dict]) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not rows:
+            return
+        columns = {k: [r[k] for r in rows] for k in rows[0]}
+        table = pa.table({k: (pa.array(v, pa.list_(pa.float32(), len(v[0])))
+                              if k in ("embedding", "projection", "box") else pa.array(v))
+                          for k, v in columns.items()})
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, table.schema)
+        self.writer.write_table(table)
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.tmp.replace(self.path)
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.tmp.unlink(missing_ok=True)
 
 
-def write_table(path: Path, rows: list[dict]) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from preprocess.cache import atomic_write_bytes
-
-    columns = {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
-    table = pa.table({k: (pa.array(v, pa.list_(pa.float32(), len(v[0])))
-                          if k in ("embedding", "projection", "box") else pa.array(v))
-                      for k, v in columns.items()})
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    atomic_write_bytes(path, sink.getvalue().to_pybytes())
+MAP_POINTS = 3000  # images drawn (seeded) for the map: its PCA and silhouettes need them all in memory
 
 
 def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     """Embed every face of the inputs with every checkpoint; writes OUT (parquet), OUT's .rejects.csv, the
-    figures, and OUT's .json summary; returns the summary."""
+    figures, and OUT's .json summary; returns the summary. Inputs go through in chunks (cfg.chunk images, or one
+    video): memory does not grow with the number of inputs."""
+    import csv
+    import multiprocessing as mp
+
+    from eval import embed_plots
     from eval.backbones import row_names
+    from eval.probe import extract_features
     from eval.run import check_backbones
     from preprocess.regions import resolve_device
 
     t0 = time.time()
     check_backbones(specs, cfg)  # every --ckpt loads, and the device exists, before any face is aligned
-    if cfg.projection:
-        for spec in specs:
-            load_projector(spec)
+    heads = {spec: load_projector(spec) for spec in specs} if cfg.projection else {}
     device = resolve_device(cfg.device)
     images, videos, rejects = find_inputs(inputs)
     if not images and not videos:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos "
                          f"({', '.join(sorted(VIDEO_EXTENSIONS))}) in {' '.join(inputs)}")
-    found = Faces(rejects=rejects)
-    prep = FacePreprocess(cfg.image_size, cfg.aligned)
-    align_images(images, prep, found)
-    for path in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
-        align_video(path, cfg, found)
-    if not found.faces:
-        raise ValueError(f"no face in any input ({len(found.rejects)} listed: first {found.rejects[0]['source']}: "
-                         f"{found.rejects[0]['reason']})")
-    faces = np.stack(found.faces)
-    rows, vectors = [], {}
-    for spec, name in row_names(specs, cfg.arch).items():
-        emb, proj = embeddings(spec, faces, cfg, device)
-        vectors[name] = emb
-        for i, row in enumerate(found.rows):
-            rows.append({"checkpoint": name, **row, "embedding": emb[i].tolist(),
-                         **({"projection": proj[i].tolist()} if proj is not None else {})})
+    names = row_names(specs, cfg.arch)
+    nets = {spec: load_encoder(spec, cfg.arch, cfg.seed) for spec in names}
+    on_map = set(np.random.default_rng(cfg.seed).permutation(len(images))[:MAP_POINTS].tolist())
+    mapped: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
+    map_labels, map_people, figures, dim = [], [], [], 0
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_table(out, rows)
+    table = TableWriter(out)
+    faces_total = 0
+
+    def embed_chunk(found: Faces, first: int | None) -> dict[str, np.ndarray]:
+        """Write the chunk's rows for every checkpoint; returns its embeddings. `first`: the chunk's first
+        image index (images are kept for the map when drawn), None for a video."""
+        nonlocal dim, faces_total
+        faces = np.stack(found.faces)
+        got = {}
+        for spec, name in names.items():
+            emb = np.asarray(extract_features(nets[spec], faces, cfg.image_size, device, batch=cfg.batch_size,
+                                              desc="embed"), np.float32)
+            proj = None
+            if spec in heads:
+                with torch.no_grad():
+                    proj = heads[spec](torch.from_numpy(emb)).numpy()
+            got[name], dim = emb, emb.shape[1]
+            table.write([{"checkpoint": name, **{k: v for k, v in row.items() if k != "index"},
+                          "embedding": emb[i].tolist(), **({"projection": proj[i].tolist()} if proj is not None
+                                                            else {})}
+                         for i, row in enumerate(found.rows)])
+            if first is not None:
+                keep = [i for i, row in enumerate(found.rows) if row["index"] in on_map]
+                mapped[name].append(emb[keep])
+        if first is not None:
+            keep = [row for row in found.rows if row["index"] in on_map]
+            map_labels.extend(row["label"] for row in keep)
+            map_people.extend(row["identity"] for row in keep)
+        faces_total += len(found.faces)
+        return got
+
+    pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 and len(images) > 32 else None
+    try:
+        with progress(total=len(images), desc="embed images", unit="img", dynamic_ncols=True,
+                      disable=not images) as bar:
+            for first in range(0, len(images), cfg.chunk):
+                found = align_images(images[first:first + cfg.chunk], cfg, pool, bar, first)
+                rejects += found.rejects
+                if found.faces:
+                    embed_chunk(found, first)
+        for video in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
+            found = align_video(video, cfg)
+            rejects += found.rejects
+            if not found.faces:
+                continue
+            got = embed_chunk(found, None)
+            if cfg.plots and len(found.rows) >= 3:
+                png = out.with_name(f"{out.stem}-{video.stem}-time.png")
+                embed_plots.time_png(got, np.array([r["timestamp"] for r in found.rows]), video.name, png)
+                figures.append(str(png))
+        if not faces_total:
+            raise ValueError(f"no face in any input ({len(rejects)} listed: first {rejects[0]['source']}: "
+                             f"{rejects[0]['reason']})")
+    except BaseException:
+        table.discard()
+        raise
+    finally:
+        if pool:
+            pool.terminate()
+    table.close()
     rejects_path = out.with_suffix(".rejects.csv")
-    import csv
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, ["source", "frame", "timestamp", "reason"])
-    w.writeheader()
-    w.writerows(found.rejects)
-    rejects_path.write_text(buf.getvalue())
-    summary = {"out": str(out), "rejects": str(rejects_path), "checkpoints": list(vectors),
-               "images": len(images), "videos": len(videos), "faces": len(found.faces),
-               "rejected": len(found.rejects), "dim": int(next(iter(vectors.values())).shape[1]), "figures": []}
-    if cfg.plots:
-        from eval import embed_plots
-
-        labels = [r["label"] for r in found.rows]
-        if len(set(labels) - {""}) >= 2:
-            identities = [r["identity"] for r in found.rows]
-            png = out.with_name(out.stem + "-map.png")
-            summary["silhouette"] = embed_plots.map_png(vectors, labels, identities, png)
-            summary["figures"].append(str(png))
-        for video in sorted({r["source"] for r in found.rows if r["label"] == "" and r["frame"] >= 0
-                             and not np.isnan(r["timestamp"])}):
-            idx = [i for i, r in enumerate(found.rows) if r["source"] == video]
-            if len(idx) >= 3:
-                png = out.with_name(f"{out.stem}-{Path(video).stem}-time.png")
-                embed_plots.time_png({n: v[idx] for n, v in vectors.items()},
-                                     np.array([found.rows[i]["timestamp"] for i in idx]), Path(video).name, png)
-                summary["figures"].append(str(png))
+    with open(rejects_path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["source", "frame", "timestamp", "reason"])
+        w.writeheader()
+        w.writerows(rejects)
+    summary = {"out": str(out), "rejects": str(rejects_path), "checkpoints": list(names.values()),
+               "images": len(images), "videos": len(videos), "faces": faces_total, "rejected": len(rejects),
+               "dim": dim, "figures": figures}
+    if cfg.plots and len(set(map_labels) - {""}) >= 2:
+        png = out.with_name(out.stem + "-map.png")
+        summary["silhouette"] = embed_plots.map_png({n: np.concatenate(v) for n, v in mapped.items()}, map_labels,
+                                                    map_people, png)
+        summary["map_points"] = len(map_labels)
+        figures.insert(0, str(png))
     summary["seconds"] = round(time.time() - t0, 1)
     out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -47,22 +47,22 @@ def pca_2d(x: np.ndarray) -> np.ndarray:
 
 
 def map_png(vectors: dict[str, np.ndarray], labels: list[str], identities: list[str], out: Path) -> dict:
-    """One row per checkpoint: its embeddings' first two principal components coloured by label (expression)
-    and, when the file names give people, by person; each panel states the silhouette of its colouring.
-    Returns {checkpoint: {"expression": s, "person": s}}."""
+    """One row per checkpoint: its embeddings' first two principal components coloured by label (the class
+    folder: the expression of an expression set) and, when the file names give other groups (people), by
+    person; each panel states the silhouette of its colouring. Returns {checkpoint: {"class": s, "person": s}}."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    by_person = len(set(identities) - {""}) >= 2
+    by_person = len(set(identities) - {""}) >= 2 and list(identities) != list(labels)  # a <Name>/ folder: one
     cols = 2 if by_person else 1
     fig, axes = plt.subplots(len(vectors), cols, figsize=(4.2 * cols, 3.6 * len(vectors)), squeeze=False)
     scores = {}
     for r, (name, x) in enumerate(vectors.items()):
         xy = pca_2d(x)
         scores[name] = {}
-        for c, (what, values) in enumerate([("expression", labels), ("person", identities)][:cols]):
+        for c, (what, values) in enumerate([("class", labels), ("person", identities)][:cols]):
             s = silhouette(x, values)
             scores[name][what] = round(s, 4)
             ax = axes[r][c]
@@ -77,7 +77,7 @@ def map_png(vectors: dict[str, np.ndarray], labels: list[str], identities: list[
             if r == 0 and len(kinds) <= 12:
                 ax.legend(fontsize=6, markerscale=1.5, loc="best")
     fig.suptitle("Embeddings (PCA of the unit vectors); silhouette: cosine, on the full embeddings\n"
-                 "expression-aware = high by expression, low by person", fontsize=9)
+                 "expression-aware = high by expression class, low by person", fontsize=9)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)

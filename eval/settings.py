@@ -52,6 +52,9 @@ class EmbedConfig:
     image_size: int = option(112, "model input side (faces aligned at 128, centre crop), as in pretraining",
                              between=(16, None))
     batch_size: int = option(256, "faces per forward pass (the embeddings do not depend on it)", between=(1, None))
+    chunk: int = option(4096, "images aligned and embedded per chunk (memory stays bounded whatever the input's "
+                              "size: ~50 KB of aligned face per image)", between=(1, None))
+    workers: int = option(2, "processes aligning images (mediapipe)", between=(0, None))
     device: str = option("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"))
     arch: str = option("resnet50", "architecture for CKPT=random or imagenet (checkpoints carry their own)",
                        choices=("resnet50", "resnet18", "resnet34", "resnet101"))

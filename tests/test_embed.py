@@ -31,7 +31,7 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
-    expressions, _ = make_expression_sets(tmp_path_factory.mktemp("sets"), identities=2, per_class=3)
+    expressions, _ = make_expression_sets(tmp_path_factory.mktemp("sets"), identities=2, per_class=6)
     return expressions
 
 
@@ -72,10 +72,11 @@ def test_embed_lists_bad_inputs_embeds_the_rest_and_does_not_depend_on_batch_siz
     (data / "notes.txt").write_text("not an input")
     n_faces = len(list(labelled.rglob("*.jpg")))
     tables = []
-    for batch in (2, 7):
+    # in one go in this process, then in chunks of 5 images aligned by 2 worker processes, 7 faces per batch
+    for batch, chunk, workers in ((64, 4096, 0), (7, 5, 2)):
         out = tmp_path / f"b{batch}" / "emb.parquet"
         assert main(["embed", str(data), "--ckpt", str(folder / "backbone.pt"), "--ckpt", "random", "--out",
-                     str(out), f"batch_size={batch}", *SMALL]) == 0
+                     str(out), f"batch_size={batch}", f"chunk={chunk}", f"workers={workers}", *SMALL]) == 0
         t = pq.read_table(out).to_pylist()
         assert len(t) == 2 * n_faces  # two checkpoints
         tables.append(t)
@@ -84,7 +85,9 @@ def test_embed_lists_bad_inputs_embeds_the_rest_and_does_not_depend_on_batch_siz
     printed = capsys.readouterr().out
     assert "rejected      2" in printed and "silhouette" in printed
     a, b = tables
-    assert [(r["checkpoint"], r["source"]) for r in a] == [(r["checkpoint"], r["source"]) for r in b]
+    key = lambda r: (r["checkpoint"], r["source"])  # row order: by chunk, then checkpoint
+    a, b = sorted(a, key=key), sorted(b, key=key)
+    assert [key(r) for r in a] == [key(r) for r in b]
     np.testing.assert_allclose([r["embedding"] for r in a], [r["embedding"] for r in b], rtol=1e-4, atol=1e-5)
     row = a[0]
     assert row["label"] in ("neutral", "smile", "surprise") and row["identity"].startswith("person")
