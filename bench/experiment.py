@@ -1,24 +1,33 @@
-"""The small real-data experiment of docs/results.md (`make experiment`).
+"""The real-data experiment of docs/results.md (`make experiment`): Table 1's rows side by side on real talking
+faces, with seeds enough to tell them apart.
 
-Shards from ../shared/data/talking-faces; for each preset and seed, pretraining of a ResNet-18 on the CPU with the
-same budget (steps, instances per step, input size), with the online monitor (kNN on a FER2013 sample, FR-KNN on
-lfw-20) every --monitor-every steps; then the FER2013 linear probe trained with --probe-seeds head seeds
-(validation and test carved once from the training folder: the official test split is not in ../shared) and
-FR-KNN on lfw-20, with a random-initialised backbone as the floor. Prints a Markdown table (mean ± std over
-pretraining seeds of the mean over probe seeds; the probe seeds' own spread beside it) and writes it, with every
-per-run number and the monitor's curves, under --out."""
+Shards from --corpus (default: ../shared/data/talking-faces-all.csv, 176 clips of 126 speakers); for each preset
+and pretraining seed a ResNet-18 pretrained on the CPU with the same budget (steps, instances per step, input size),
+the online monitor on (kNN on a FER2013 sample, FR-KNN on lfw-20; checkpoints/best.pt keeps the best step). The same
+presets (--compare-presets) are pretrained on --compare-corpus (default: the original 32 clips) for the
+five-times-the-data comparison. Every checkpoint, the last (backbone.pt) and the monitor's best (best.pt), is then
+evaluated: the FER2013 linear probe with --probe-seeds head seeds under both alignments (align=landmarks, the
+pretraining alignment, and align=none, whole images as usual for FER2013; validation and test carved once from the
+training folder: the official test split is not in ../shared) and FR-KNN on lfw-20, with a random-initialised
+backbone as the floor. Writes results.md (mean ± std over pretraining seeds of the mean over probe seeds, the probe
+seeds' spread beside it), per_run.json, curves.png and cost.json under --out; reruns skip what is done."""
 from __future__ import annotations
 
 import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+TABLE1_ROWS = {"simclr": "SimCLR", "timeaug": "(a) TimeAug", "timeaug-hardneg": "(b) + HardNeg",
+               "timeaug-hardneg-cutmix": "(c) TimeAug + HardNeg + CutMix",
+               "timeaug-faceswap-maskfn": "(d) TimeAug + FaceSwap + MaskFN",
+               "timeaug-hardneg-faceswap": "(e) TimeAug + HardNeg + FaceSwap", "sslfer": "(f) all four"}
 
 
 def run(cmd: list[str]) -> None:
@@ -33,101 +42,157 @@ def plot_curves(runs: dict[str, list[Path]], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     titles = ("instance top-1 (training batches)", "monitor: expression kNN acc ↑", "monitor: FR-KNN acc (identity) ↓")
-    for colour, (preset, dirs) in zip(("tab:blue", "tab:red", "tab:green", "tab:orange"), runs.items()):
+    cmap = plt.get_cmap("tab10")
+    for k, (preset, dirs) in enumerate(runs.items()):
         for n, d in enumerate(dirs):
             rows = [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]
-            label = preset if n == 0 else None
             for ax, key in zip(axes, ("top1", "monitor_expr_knn", "monitor_id_knn")):
                 pts = [(r["step"], r[key]) for r in rows if key in r]
                 if pts:
-                    ax.plot(*zip(*pts), color=colour, lw=1, alpha=0.8, label=label,
+                    ax.plot(*zip(*pts), color=cmap(k % 10), lw=1, alpha=0.8, label=preset if n == 0 else None,
                             marker="o" if key.startswith("monitor") else None, ms=2)
     for ax, title in zip(axes, titles):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
-    axes[0].legend()
+    axes[0].legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def main():
+def pretrain(corpus: Path, out: Path, plan: list[tuple[str, str]], a, py: str) -> dict[str, list[Path]]:
+    """Shards of the corpus and one run per (preset, seed); returns the run folders by preset."""
+    shards = out / "shards"
+    if not (shards / "manifest.parquet").is_file():
+        run([py, "-m", "preprocess", "build", str(corpus), str(shards), "region_descriptor=landmarks"])
+    runs: dict[str, list[Path]] = {}
+    for preset, seed in plan:
+        run_dir = out / "runs" / f"{preset}-s{seed}"
+        if not (run_dir / "summary.json").is_file():
+            run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
+                 f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
+                 f"seed={seed}", "workers=1", "log_every=10", f"monitor={SHARED / 'fer2013' / 'train'}",
+                 f"monitor_identity={SHARED / 'lfw-20'}", f"monitor_every={a.monitor_every}", *a.train.split()])
+        runs.setdefault(preset, []).append(run_dir)
+    return runs
+
+
+def checkpoint_files(run_dir: Path) -> dict[str, Path]:
+    return {"last": run_dir / "backbone.pt", "best": run_dir / "checkpoints" / "best.pt"}
+
+
+def lookup(metrics: dict, ckpt: str) -> dict:
+    """A checkpoint's row in an evaluation's metrics.json: found by the file each row records (its provenance;
+    two corpora's runs share folder names), random by its architecture."""
+    rows = metrics["checkpoints"]
+    if ckpt == "random":
+        return next(v for k, v in rows.items() if k.startswith("random"))
+    return rows[next(k for k, v in metrics["provenance"].items() if v["file"] == ckpt)]
+
+
+def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="build/experiment")
-    p.add_argument("--presets", default="simclr,sslfer")
+    p.add_argument("--corpus", default=str(SHARED / "talking-faces-all.csv"))
+    p.add_argument("--presets", default="simclr,sslfer", help="presets run with --seeds")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--extra-presets", default="", help="more presets (e.g. the single toggles), run with --extra-seeds")
-    p.add_argument("--extra-seeds", default="0")
+    p.add_argument("--extra-presets", default="timeaug,timeaug-hardneg,timeaug-hardneg-cutmix,"
+                                              "timeaug-faceswap-maskfn,timeaug-hardneg-faceswap",
+                   help="more presets (Table 1's other rows), run with --extra-seeds")
+    p.add_argument("--extra-seeds", default="0,1")
+    p.add_argument("--compare-corpus", default=str(SHARED / "talking-faces"),
+                   help="a second corpus for --compare-presets ('' = none): the five-times-the-data comparison")
+    p.add_argument("--compare-presets", default="simclr,sslfer", help="run with --seeds on --compare-corpus")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--batch", type=int, default=64, help="instances per step (batch_size), the same for every preset")
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--probe-epochs", type=int, default=20)
     p.add_argument("--probe-seeds", type=int, default=3, help="head seeds of the linear probe (probe_seeds)")
     p.add_argument("--monitor-every", type=int, default=50)
+    p.add_argument("--train", default="", help="more key=value options for every pretraining")
+    p.add_argument("--eval", default="", help="more key=value options for every evaluation (e.g. max_images=)")
     a = p.parse_args()
     out = Path(a.out)
     py = sys.executable
-    shards = out / "shards"
-    run([py, "-m", "preprocess", "build", str(SHARED / "talking-faces"), str(shards), "region_descriptor=landmarks"])
-    ckpts: dict[str, list[str]] = {"random": ["random"]}
-    plan = [(p_, s_) for p_ in a.presets.split(",") for s_ in a.seeds.split(",")]
-    plan += [(p_, s_) for p_ in a.extra_presets.split(",") if p_ for s_ in a.extra_seeds.split(",")]
-    for preset, seed in plan:
-        run_dir = out / "runs" / f"{preset}-s{seed}"
-        if not (run_dir / "backbone.pt").is_file():
-            run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
-                 f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
-                 f"seed={seed}", "workers=1", "log_every=10", f"monitor={SHARED / 'fer2013' / 'train'}",
-                 f"monitor_identity={SHARED / 'lfw-20'}", f"monitor_every={a.monitor_every}"])
-        ckpts.setdefault(preset, []).append(str(run_dir / "backbone.pt"))
-    every = [c for cs in ckpts.values() for c in cs]
-    flags = [x for c in every for x in ("--ckpt", c)]
-    common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=2"]
-    if not (out / "fer2013" / "metrics.json").is_file():
-        run([py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(out / "fer2013"),
-             "protocol=linear", f"epochs={a.probe_epochs}", f"probe_seeds={a.probe_seeds}", *common])
-    if not (out / "lfw" / "metrics.json").is_file():
-        run([py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report", str(out / "lfw"), *common])
-    fer = json.loads((out / "fer2013" / "metrics.json").read_text())["checkpoints"]
-    lfw = json.loads((out / "lfw" / "metrics.json").read_text())["checkpoints"]
+    t0 = time.time()
+    seeds, extra = a.seeds.split(","), [s for s in a.extra_seeds.split(",") if s]
+    plan = [(p_, s) for p_ in a.presets.split(",") if p_ for s in seeds]
+    plan += [(p_, s) for p_ in a.extra_presets.split(",") if p_ for s in extra]
+    corpora = {"main": pretrain(Path(a.corpus), out / "main", plan, a, py)}
+    if a.compare_corpus:
+        corpora["compare"] = pretrain(Path(a.compare_corpus), out / "compare",
+                                      [(p_, s) for p_ in a.compare_presets.split(",") if p_ for s in seeds], a, py)
+    t_pretrain = time.time() - t0
 
-    def lookup(table, ckpt):
-        return next(v for k, v in table.items() if k.startswith("random" if ckpt == "random" else
-                                                                   f"{Path(ckpt).parent.name}/"))
+    ckpts = ["random"] + [str(f) for runs in corpora.values() for dirs in runs.values() for d in dirs
+                          for f in checkpoint_files(d).values()]
+    flags = [x for c in ckpts for x in ("--ckpt", c)]
+    common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=0", *a.eval.split()]
+    reports = {}
+    for align in ("landmarks", "none"):
+        reports[align] = out / f"fer2013-{align}"
+        if not (reports[align] / "done").is_file():
+            run([py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(reports[align]),
+                 "protocol=linear", f"epochs={a.probe_epochs}", f"probe_seeds={a.probe_seeds}", f"align={align}",
+                 *common])
+            (reports[align] / "done").write_text("")
+    if not (out / "lfw" / "done").is_file():
+        run([py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report", str(out / "lfw"), *common])
+        (out / "lfw" / "done").write_text("")
+    t_eval = time.time() - t0 - t_pretrain
+    fer = {al: json.loads((r / "metrics.json").read_text()) for al, r in reports.items()}
+    lfw = json.loads((out / "lfw" / "metrics.json").read_text())
 
     def fmt(v):
         return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
 
-    rows, per_run = [], {}
-    for preset, cs in ckpts.items():
-        # [checkpoint, probe seed]
-        probe = [lookup(fer, c)["linear_expr"] for c in cs]
-        per_seed = [p.get("test_per_seed", [p["test"]]) for p in probe]
-        f1 = np.array([[t["f1"] for t in ts] for ts in per_seed])
-        acc = np.array([[t["acc"] for t in ts] for ts in per_seed])
-        knn = np.array([[lookup(lfw, c)["fr_knn"]["acc"]] for c in cs])
-        curves = {}
-        for c in cs:
-            log = Path(c).parent / "log.jsonl"
-            if log.is_file():
-                rows_ = [json.loads(x) for x in log.read_text().splitlines()]
-                curves[Path(c).parent.name] = {
-                    "top1_last": next((r["top1"] for r in reversed(rows_) if "top1" in r), None),
-                    "monitor": [(r["step"], r.get("monitor_expr_knn"), r.get("monitor_id_knn"))
-                                for r in rows_ if "monitor_expr_knn" in r]}
-        per_run[preset] = {"fer_f1": f1.tolist(), "fer_acc": acc.tolist(), "fr_knn": knn.tolist(),
-                           "curves": curves}
-        rows.append(f"| {preset} | {len(cs)} × {f1.shape[1]} | {fmt(f1.mean(1))} | {100 * f1.std(1).mean():.1f} | "
-                    f"{fmt(acc.mean(1))} | {fmt(knn.mean(1))} |")
-    n_test = next(iter(fer.values()))["linear_expr"]["test"]["n"]
-    table = "\n".join(["| pretraining | runs × probe seeds | FER2013 linear F1 (%) | ± over probe seeds | "
-                       "FER2013 linear Acc (%) | LFW-20 FR-KNN (%) ↓ |",
-                       "|---|---:|---:|---:|---:|---:|", *rows])
-    (out / "results.md").write_text(table + f"\n\nFER2013 test images: {n_test}\n")
+    def scores(files: list[str]) -> dict:
+        """Per alignment: [checkpoint, probe seed] F1 and accuracy; FR-KNN per checkpoint."""
+        got = {}
+        for al in fer:
+            probe = [lookup(fer[al], f)["linear_expr"] for f in files]
+            per_seed = [pr.get("test_per_seed", [pr["test"]]) for pr in probe]
+            got[f"f1_{al}"] = np.array([[t["f1"] for t in ts] for ts in per_seed])
+            got[f"acc_{al}"] = np.array([[t["acc"] for t in ts] for ts in per_seed])
+        got["knn"] = np.array([lookup(lfw, f)["fr_knn"]["acc"] for f in files])
+        return got
+
+    header = ("| corpus | pretraining | checkpoint | runs × probe seeds | FER2013 F1, landmarks (%) | ± probe | "
+              "FER2013 F1, whole image (%) | ± probe | FER2013 Acc, landmarks (%) | LFW-20 FR-KNN (%) ↓ |")
+    lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    per_run: dict = {}
+
+    def add(corpus: str, label: str, choice: str, files: list[str]) -> None:
+        s = scores(files)
+        per_run.setdefault(corpus, {}).setdefault(label, {})[choice] = {
+            "files": files, **{k: v.tolist() for k, v in s.items()}}
+        lines.append(f"| {corpus} | {label} | {choice} | {len(files)} × {s['f1_landmarks'].shape[1]} | "
+                     f"{fmt(s['f1_landmarks'].mean(1))} | {100 * s['f1_landmarks'].std(1).mean():.1f} | "
+                     f"{fmt(s['f1_none'].mean(1))} | {100 * s['f1_none'].std(1).mean():.1f} | "
+                     f"{fmt(s['acc_landmarks'].mean(1))} | {fmt(s['knn'])} |")
+
+    add("—", "random", "—", ["random"])
+    for corpus, runs in corpora.items():
+        for preset, dirs in runs.items():
+            for choice in ("last", "best"):
+                add(corpus, TABLE1_ROWS.get(preset, preset), choice, [str(checkpoint_files(d)[choice]) for d in dirs])
+    cost = {"pretrain_s": round(t_pretrain), "evaluate_s": round(t_eval),
+            "pretrain_runs_s": round(sum(json.loads((d / "summary.json").read_text())["seconds"]
+                                         for runs in corpora.values() for dirs in runs.values() for d in dirs)),
+            "runs": sum(
+        len(d) for runs in corpora.values() for d in runs.values()), "steps": a.steps, "batch": a.batch,
+        "size": a.size}
+    n_test = next(iter(fer["landmarks"]["checkpoints"].values()))["linear_expr"]["test"]["n"]
+    table = "\n".join(lines)
+    (out / "results.md").write_text(
+        table + f"\n\nFER2013 test images: {n_test}. Corpora: main = {a.corpus}, compare = {a.compare_corpus}. "
+        f"Cost of this invocation: pretraining {cost['pretrain_s']} s, evaluation {cost['evaluate_s']} s (the "
+        f"runs' own pretraining time, whenever they ran: {cost['pretrain_runs_s']} s).\n")
     (out / "per_run.json").write_text(json.dumps(per_run, indent=2))
-    plot_curves({p_: [Path(c).parent for c in cs] for p_, cs in ckpts.items() if p_ != "random"}, out / "curves.png")
+    (out / "cost.json").write_text(json.dumps(cost, indent=2))
+    plot_curves({f"{c}/{p_}": dirs for c, runs in corpora.items() for p_, dirs in runs.items()}, out / "curves.png")
     print("\n" + table)
 
 
