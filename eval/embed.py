@@ -253,19 +253,17 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     from eval import embed_plots
     from eval.backbones import row_names
     from eval.probe import extract_features
-    from eval.run import check_backbones
     from preprocess.regions import resolve_device
 
     t0 = time.time()
-    check_backbones(specs, cfg)  # every --ckpt loads, and the device exists, before any face is aligned
-    heads = {spec: load_projector(spec) for spec in specs} if cfg.projection else {}
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device)  # the device and every --ckpt before any face is aligned
+    names = row_names(specs, cfg.arch)
+    nets = {spec: load_encoder(spec, cfg.arch, cfg.seed) for spec in names}
+    heads = {spec: load_projector(spec) for spec in names} if cfg.projection else {}
     images, videos, rejects = find_inputs(inputs)
     if not images and not videos:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos "
                          f"({', '.join(sorted(VIDEO_EXTENSIONS))}) in {' '.join(inputs)}")
-    names = row_names(specs, cfg.arch)
-    nets = {spec: load_encoder(spec, cfg.arch, cfg.seed) for spec in names}
     on_map = set(np.random.default_rng(cfg.seed).permutation(len(images))[:MAP_POINTS].tolist())
     mapped: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
     map_labels, map_people, figures, dim = [], [], [], 0
@@ -273,9 +271,9 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     table = TableWriter(out)
     faces_total = 0
 
-    def embed_chunk(found: Faces, first: int | None) -> dict[str, np.ndarray]:
-        """Write the chunk's rows for every checkpoint; returns its embeddings. `first`: the chunk's first
-        image index (images are kept for the map when drawn), None for a video."""
+    def embed_chunk(found: Faces, images_chunk: bool) -> dict[str, np.ndarray]:
+        """Write the chunk's rows for every checkpoint; returns its embeddings. Images drawn for the map are
+        also kept."""
         nonlocal dim, faces_total
         faces = np.stack(found.faces)
         got = {}
@@ -291,10 +289,10 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
                           "embedding": emb[i].tolist(), **({"projection": proj[i].tolist()} if proj is not None
                                                             else {})}
                          for i, row in enumerate(found.rows)])
-            if first is not None:
+            if images_chunk:
                 keep = [i for i, row in enumerate(found.rows) if row["index"] in on_map]
                 mapped[name].append(emb[keep])
-        if first is not None:
+        if images_chunk:
             keep = [row for row in found.rows if row["index"] in on_map]
             map_labels.extend(row["label"] for row in keep)
             map_people.extend(row["identity"] for row in keep)
@@ -309,13 +307,13 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
                 found = align_images(images[first:first + cfg.chunk], cfg, pool, bar, first)
                 rejects += found.rejects
                 if found.faces:
-                    embed_chunk(found, first)
+                    embed_chunk(found, True)
         for video in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
             found = align_video(video, cfg)
             rejects += found.rejects
             if not found.faces:
                 continue
-            got = embed_chunk(found, None)
+            got = embed_chunk(found, False)
             if cfg.plots and len(found.rows) >= 3:
                 png = out.with_name(f"{out.stem}-{video.stem}-time.png")
                 embed_plots.time_png(got, np.array([r["timestamp"] for r in found.rows]), video.name, png)
@@ -349,7 +347,7 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     return summary
 
 
-def print_summary(s: dict, rejects: list[dict] | None = None) -> None:
+def print_summary(s: dict) -> None:
     print("\n== make embed ==")
     print(f"inputs        {s['images']} images, {s['videos']} videos")
     print(f"embedded      {s['faces']} faces x {len(s['checkpoints'])} checkpoint(s), {s['dim']}-d: "

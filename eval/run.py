@@ -164,10 +164,10 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
     report_dir.mkdir(parents=True, exist_ok=True)
     gradcam_idx = _gradcam_images(labels["test"], n_classes, cfg)
     seeds = [cfg.seed + i for i in range(max(1, cfg.probe_seeds))]
-    given: dict[str, str] = {}
+    provenance: dict[str, dict] = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, width = ev.backbone(spec, row_name)
-        given[name] = spec
+        provenance[name] = checkpoint_meta(spec)
         row = {}
         feats = ({s: Rows(ev.features(spec, backbone, s), np.arange(len(ev.items[s]))) for s in ev.items}
                  if "linear" in protocols else None)
@@ -213,7 +213,7 @@ def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -
             extra.append("![Grad-CAM](gradcam.png)")
         extra += [f"![confusion {n}]({p.name})"
                   for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
-        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra), given)
+        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra), provenance)
     return metrics
 
 
@@ -241,13 +241,14 @@ def _confusion(result, y_true, classes, title, report_dir, metrics):
     R.confusion_png(m, classes, title, report_dir / f"confusion-{R.slug(title)}.png")
 
 
-def _finish(ds, ev, cfg, results, report_dir, extra_md, specs: dict[str, str]) -> dict:
-    """metrics.json and the report; `specs`: row name -> the checkpoint given (its step and epoch recorded)."""
+def _finish(ds, ev, cfg, results, report_dir, extra_md, provenance: dict[str, dict]) -> dict:
+    """metrics.json and the report; `provenance`: row name -> what its checkpoint says of itself (file, step,
+    epoch; empty for random, imagenet and foreign files)."""
     metrics = {"dataset": ds.name, "classes": ds.classes, "config": dataclasses.asdict(cfg),
                "images": {k: len(v) for k, v in ev.items.items()},
                "alignment": {k: alignment_counts(v) for k, v in ev.how.items()},
                "skipped": ds.skipped, "notes": ds.notes, "checkpoints": results,
-               "provenance": {name: meta for name, spec in specs.items() if (meta := checkpoint_meta(spec))}}
+               "provenance": {name: meta for name, meta in provenance.items() if meta}}
     R.write(report_dir, metrics, extra_md)
     return metrics
 
@@ -268,10 +269,10 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
     ds.notes.append(f"FR-KNN: {len(people)} people with >= {cfg.knn_min_images} images, "
                     f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
     results = {}
-    given: dict[str, str] = {}
+    provenance: dict[str, dict] = {}
     for spec, row_name in row_names(specs, cfg.arch).items():
         name, backbone, _ = ev.backbone(spec, row_name)
-        given[name] = spec
+        provenance[name] = checkpoint_meta(spec)
         f = ev.features(spec, backbone, "all")
         row = {"fr_knn": {"acc": knn_accuracy(f, identities, gallery, probe), "people": len(people),
                           "gallery": int(len(gallery)), "n": int(len(probe))}}
@@ -282,5 +283,5 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                                                                 np.array([p[3] for p in pair_list])),
                                    "n": len(pair_list)}
         results[name] = row
-        metrics = _finish(ds, ev, cfg, results, report_dir, "", given)
+        metrics = _finish(ds, ev, cfg, results, report_dir, "", provenance)
     return metrics

@@ -13,10 +13,6 @@ import torch
 from preprocess.cache import atomic_write_bytes
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
 def atomic_save(obj, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -75,7 +71,7 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
     """backbone.pt (a torch state dict), the same tensors as backbone.safetensors, and backbone.json: what the
     backbone is and how to feed it (architecture, input, normalisation, alignment template), how it was trained
     (`about`: preset, settings, commit) and how to load it without this repository."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save as safetensors_bytes
 
     from preprocess.face_geometry import TEMPLATE_UNIT
     from train.augment import IMAGENET_MEAN, IMAGENET_STD
@@ -83,9 +79,7 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
     state = backbone_state(model)
     atomic_save(state, path)
     tensors = path.with_suffix(".safetensors")
-    tmp = tensors.with_name(tensors.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp))
-    tmp.replace(tensors)
+    atomic_write_bytes(tensors, safetensors_bytes({k: v.contiguous() for k, v in state.items()}))
     resize = round(image_size * 128 / 112)
     card = {
         "architecture": arch, "feature_dim": _feature_width(state),
@@ -107,7 +101,7 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
                  "this project": f"eval.embed.load_encoder('{path.name}') and eval.embed.FacePreprocess()"},
         **(about or {}),
     }
-    atomic_write_text(path.with_suffix(".json"), json.dumps(card, indent=2) + "\n")
+    atomic_write_bytes(path.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())
 
 
 # options that only change how a run is carried out, not what it computes: a resume may change them
