@@ -7,13 +7,22 @@
 donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring at each size, alone
 (sticky_donors=false) and keeping remembered donors (the default), against the previous ranking of every other
 clip per clip (the baseline, timed at small sizes only: it grows with the square of the corpus); per clip in
-microseconds, and the share of existing clips whose donors change when 1% of clips are added. Keys and speakers follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
+microseconds, and the share of existing clips whose donors change when 1% of clips are added. Keys and speakers
+follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
 
 rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
 region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
 hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
 changed, and a rerun after adding 1% of clips, then the same addition with sticky_donors=false (on a copy of the
 state before it: the baseline); each in its own process, wall time and peak RSS.
+
+trainer: the trainer's start-up at each size (default VoxCeleb1's 153,516 and VoxCeleb2's 1,128,246 clips of
+6,112 speakers) on simulated shards: the whole manifest (a row per frame, ~33 frames per clip, every column as
+`make shards` writes it) and ~450 clip samples per tar with the real 14 member names and empty contents (the
+index reads only headers). In processes of their own, the real code: the shard index built from the tars, then
+from its cache, the epoch plan (µs per clip), and 8 gloo ranks starting as a node's ranks do (rank 0 builds the
+index from the cache, the others receive it; each rank plans the epoch): wall time and peak RSS per rank. With
+--before DIR (a checkout of an earlier commit) the same single-rank start-up of that code, as the baseline.
 
 pipeline: the real `make shards` (decode, mediapipe, alignment, landmark region descriptor, FaceSwap, packing;
 all CPUs) on N clips of 1 s (20 synthetic clips hard-linked under N paths of 250 speakers): time per clip at
@@ -22,12 +31,13 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, os.environ.get("BENCH_SCALE_CODE", str(ROOT)))  # --before: that checkout's code
 
 from preprocess.faceswap import _score, choose_donor_clips, sticky_donor_clips  # noqa: E402
 
@@ -97,6 +107,194 @@ def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
                       "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
 
 
+MEMBERS = ("meta.json", "time.npy", "frame.npy", "landmarks.npy", "boxes.npy", "region.npy", "faces.jpgs",
+           "faces.idx.npy", "swaps.jpgs", "swaps.idx.npy", "eyes.jpgs", "eyes.idx.npy", "mouth.jpgs", "mouth.idx.npy")
+
+
+def tar_headers(names: list[str]) -> bytes:
+    """ustar headers of empty regular files, made in one numpy pass (tarfile costs ~10 µs per member: 15.8 M
+    members at VoxCeleb2 size), then the end-of-archive marker."""
+    import tarfile
+
+    import numpy as np
+
+    template = np.frombuffer(tarfile.TarInfo("x").tobuf(tarfile.USTAR_FORMAT), np.uint8).copy()
+    template[148:156] = ord(" ")
+    headers = np.tile(template, (len(names), 1))
+    headers[:, :100] = np.frombuffer(np.array(names, "S100").tobytes(), np.uint8).reshape(-1, 100)
+    checksum = headers.sum(1, dtype=np.int64)
+    octal = np.array([b"%06o\0" % c for c in checksum], "S7")
+    headers[:, 148:155] = np.frombuffer(octal.tobytes(), np.uint8).reshape(-1, 7)
+    return headers.tobytes() + bytes(1024)
+
+
+def simulated_trainer_shards(root: Path, n: int, speakers: int, per_shard: int = 450) -> dict:
+    """A shard folder of n clips as the trainer sees it (see --what trainer); returns its sizes."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    import numpy as np
+
+    from preprocess.schema import MANIFEST, MANIFEST_COLUMNS, SCHEMA_VERSION, SHARD_NAME, arrow_schema
+
+    root.mkdir(parents=True, exist_ok=True)
+    schema = arrow_schema(MANIFEST_COLUMNS).with_metadata(
+        {"schema_version": str(SCHEMA_VERSION), "region_descriptor": "resnet18", "region_dim": "1024"})
+    rows = 0
+    with pq.ParquetWriter(root / MANIFEST, schema) as writer:
+        for lo in range(0, n, 20_000):
+            clips = corpus(min(20_000, n - lo), speakers, offset=lo)
+            keys = [k for k, _ in clips]
+            ids = np.arange(lo, lo + len(clips))
+            shard = [SHARD_NAME.format(i // per_shard) for i in ids]
+            with open(root / "tar-list.txt", "a") as f:  # the tars are written below, shard by shard
+                f.writelines(f"{s} {k}\n" for s, k in zip(shard, keys))
+            frames = 17 + (ids * 7) % 33  # 17..49, mean 33: VoxCeleb2's ~7.8 s at 25/6 fps
+            per_clip = pa.table({"key": keys, "speaker": [s for _, s in clips],
+                                 "video": [k.split("-")[1] for k in keys], "clip": ["00001"] * len(keys),
+                                 "source": [f"{s}/{k.split('-')[1]}/{k.split('-')[3]}.mp4" for k, s in clips],
+                                 "shard": shard, "sample_hash": [k[-8:] * 2 for k in keys],
+                                 "donor": [k for k, _ in corpus(len(clips), speakers, offset=lo + 1)]})
+            row_clip = np.repeat(np.arange(len(clips)), frames)
+            frame = np.arange(len(row_clip)) - np.repeat(np.cumsum(frames) - frames, frames)
+            t = per_clip.take(row_clip)
+            frame_s = pc.cast(pa.array(frame), pa.string())
+            donor = pc.binary_join_element_wise(t.column("donor"), frame_s, "/")
+            has_swap = frame % 10 != 9
+            cols = {"frame": pa.array(frame), "source_frame": pa.array(frame * 6),
+                    "timestamp": pa.array(frame * 0.24), "n_faces": pa.array(np.ones(len(frame), np.int64)),
+                    "has_region": pa.array(np.ones(len(frame), bool)), "has_swap": pa.array(has_swap),
+                    "swap_donor": pc.if_else(pa.array(has_swap), pc.binary_join_element_wise(donor, donor, ";"),
+                                             "")}
+            writer.write_table(pa.table([cols[c] if c in cols else t.column(c) for c in MANIFEST_COLUMNS],
+                                        schema=schema))
+            rows += len(frame)
+    shards: dict[str, list[str]] = {}
+    for line in (root / "tar-list.txt").read_text().splitlines():
+        name, key = line.split(" ")
+        shards.setdefault(name, []).append(key)
+    (root / "tar-list.txt").unlink()
+    for name, keys in shards.items():
+        (root / name).write_bytes(tar_headers([f"{k}.{m}" for k in keys for m in MEMBERS]))
+    return {"clips": n, "frames": rows, "shards": len(shards),
+            "manifest_mb": (root / MANIFEST).stat().st_size / 2 ** 20}
+
+
+def trainer_startup(shards: str, cached: bool, ranks: bool) -> None:
+    """One start-up as the trainer does it (this process is one rank; with `ranks`, of a gloo group started by
+    torchrun); prints a JSON line: seconds to the index, to the epoch plan, peak RSS."""
+    import inspect
+    import json
+    import resource
+    import shutil
+
+    import numpy as np
+
+    from train import distributed as dist
+    from train.data import BatchStream, ShardIndex
+    from train.plan import steps_per_epoch
+    from train.settings import TrainConfig
+
+    rank = 0
+    if ranks:
+        rank, world, _ = dist.setup("cpu")
+    if not cached and rank == 0:
+        shutil.rmtree(Path(shards) / ".cache", ignore_errors=True)
+    dist.gather_objects(None)  # no rank starts before the cache is gone
+    t = time.perf_counter()
+    if "manifest" in inspect.signature(ShardIndex.build).parameters:  # the code before this benchmark (--before)
+        from preprocess.schema import read_manifest
+
+        manifest = read_manifest(shards)
+        any(manifest.column("has_swap").to_pylist())
+        index = dist.broadcast_object(ShardIndex.build(Path(shards), manifest) if rank == 0 else None)
+    else:
+        from train.pretrain import shard_index
+
+        index = shard_index(Path(shards), rank, dist.world())
+    index.fingerprint()
+    t_index = time.perf_counter() - t
+    cfg = TrainConfig()
+    n = len(index)
+    t = time.perf_counter()
+    stream = BatchStream(index, cfg, rank, dist.world(), 0, 1, steps_per_epoch(n, cfg.batch_size, 1))
+    plan = stream.plan(0)
+    t_plan = time.perf_counter() - t
+    out = {"rank": rank, "clips": n, "index_s": t_index, "plan_s": t_plan, "plan_us_per_clip": 1e6 * t_plan / n,
+           "planned": int(np.size(plan)), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+    if ranks:
+        got = [None] * dist.world()
+        import torch.distributed as tdist
+
+        tdist.all_gather_object(got, out)
+        dist.cleanup()
+        if rank == 0:
+            print(json.dumps(got))
+        return
+    print(json.dumps(out))
+
+
+def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | None, ranks: int,
+                  keep: bool = False, make_only: bool = False, runs: str = "uncached,cached,ranks") -> None:
+    import json
+    import shutil
+    import subprocess
+
+    def child(shards: Path, *flags: str, code: Path = ROOT, launcher: list[str] = ()) -> dict | list:
+        env = {**os.environ, "BENCH_SCALE_CODE": str(code), "OMP_NUM_THREADS": "1"}
+        out = subprocess.run([*(launcher or [sys.executable]), str(Path(__file__)), "--child-trainer", str(shards),
+                              *flags], capture_output=True, text=True, env=env, cwd=code)
+        if out.returncode != 0:
+            return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    print("| clips | run | wall (s) | peak RSS (GB) | notes |")
+    print("|---:|---|---:|---:|---|")
+    for n in sizes:
+        shards = work / f"shards-{n}-{speakers}"
+        made = shards / "simulated.json"  # kept with --keep: the next run measures the same files again
+        t = time.perf_counter()
+        if made.is_file():
+            sizes_ = json.loads(made.read_text())
+        else:
+            shutil.rmtree(shards, ignore_errors=True)
+            sizes_ = simulated_trainer_shards(shards, n, speakers)
+            made.write_text(json.dumps(sizes_))
+        if make_only:
+            continue
+        print(f"| {n:,} | simulated shards made (not the trainer) | {time.perf_counter() - t:.0f} | — | "
+              f"{sizes_['frames']:,} manifest rows ({sizes_['manifest_mb']:.0f} MB), {sizes_['shards']:,} tars |",
+              flush=True)
+        chosen = [("index from the tars (no cache), 1 rank", ["--uncached"], ROOT, "uncached"),
+                  ("index from its cache + epoch plan, 1 rank", [], ROOT, "cached"),
+                  ("the same, code before this change (baseline)", [], before and Path(before), "cached")]
+        for label, flags, code, name in chosen:
+            if not code or name not in runs.split(","):
+                continue
+            r = child(shards, *flags, code=code)
+            if "error" in r:
+                print(f"| {n:,} | {label} | — | — | failed: {r['error']} |", flush=True)
+                continue
+            print(f"| {n:,} | {label} | {r['index_s']:.1f} | {r['peak_rss_gb']:.2f} | epoch plan "
+                  f"{r['plan_s']:.1f} s = {r['plan_us_per_clip']:.2f} µs per clip |", flush=True)
+        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
+                    "--master_port=29517"]
+        for label, flags in (("no cache: each rank indexes 1/N of the tars", ["--uncached"]),
+                             ("from the cache", [])) if ranks > 1 and "ranks" in runs.split(",") else ():
+            got = child(shards, "--ranks", *flags, launcher=launcher)
+            if isinstance(got, dict):
+                print(f"| {n:,} | {ranks} ranks, {label} | — | — | failed: {got['error']} |", flush=True)
+                continue
+            rss = [g["peak_rss_gb"] for g in got]
+            print(f"| {n:,} | {ranks} ranks, {label} (torchrun, gloo) | "
+                  f"{max(g['index_s'] + g['plan_s'] for g in got):.1f} | {max(rss):.2f} | rank 0 "
+                  f"{rss[0]:.2f} GB, other ranks {min(rss[1:]):.2f}-{max(rss[1:]):.2f} GB, node "
+                  f"{sum(rss):.1f} GB |", flush=True)
+        if not keep:
+            shutil.rmtree(shards, ignore_errors=True)
+
+
 def make_tree(root: Path, clips: list[tuple[str, str]]) -> None:
     for key, speaker in clips:
         path = root / speaker / key.split("-")[1] / f"{key.split('-')[-1]}.mp4"
@@ -139,7 +337,6 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> None:
-    import os
     import shutil
     import subprocess
 
@@ -168,19 +365,35 @@ def bench_pipeline(sizes: list[int], work: Path) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) >= 3 and sys.argv[1] == "--child-trainer":
+        trainer_startup(sys.argv[2], "--uncached" not in sys.argv, "--ranks" in sys.argv)
+        return
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
         simulated_build(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", choices=["donors", "rerun", "pipeline"], default="donors", help="what to measure")
+    ap.add_argument("--what", choices=["donors", "rerun", "pipeline", "trainer"], default="donors",
+                    help="what to measure")
+    ap.add_argument("--before", default=None, help="trainer: a checkout of earlier code, timed as the baseline")
+    ap.add_argument("--ranks", type=int, default=8, help="trainer: ranks of the one-node start-up")
+    ap.add_argument("--keep", action="store_true", help="trainer: keep the simulated shards for the next run")
+    ap.add_argument("--make-only", action="store_true", help="trainer: only make (and keep) the simulated shards")
+    ap.add_argument("--runs", default="uncached,cached,ranks",
+                    help="trainer: which start-ups (uncached: 1 rank from the tars; cached: 1 rank from the tar-index "
+                         "cache, and --before's code; ranks: --ranks ranks without and with the cache)")
     ap.add_argument("--work", default="/tmp/bench-scale", help="rerun: where the simulated corpus and shards go")
     ap.add_argument("--clips", type=int, nargs="+", default=None,
-                    help="corpus sizes (donors: 5000 20000 153516; rerun: 153516; pipeline: 500 4000)")
+                    help="corpus sizes (donors: 5000 20000 153516; rerun: 153516; pipeline: 500 4000; "
+                         "trainer: 153516 1128246)")
     ap.add_argument("--speakers", type=int, default=1251, help="speakers (VoxCeleb1: 1,251)")
     ap.add_argument("--baseline-clips", type=int, nargs="+", default=[1000, 2000],
                     help="sizes at which to time the previous quadratic choice")
     ap.add_argument("--k", type=int, default=5, help="donors per clip (swap_tries)")
     a = ap.parse_args()
+    if a.what == "trainer":
+        bench_trainer(a.clips or [153516, 1128246], 6112 if a.speakers == 1251 else a.speakers, Path(a.work),
+                      a.before, a.ranks, a.keep or a.make_only, a.make_only, a.runs)
+        return
     if a.what == "pipeline":
         bench_pipeline(a.clips or [500, 4000], Path(a.work))
         return

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from preprocess.config import load_config  # noqa: E402
-from preprocess.schema import ClipSample, read_manifest, shard_paths  # noqa: E402
+from preprocess.schema import ClipSample, shard_paths  # noqa: E402
 from train.settings import TrainConfig, preset_path  # noqa: E402
 
 
@@ -149,7 +149,7 @@ def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int,
                                                                "anchors_per_clip=1000"])
     from train.plan import steps_per_epoch
 
-    index = ShardIndex.build(shards, read_manifest(shards))
+    index = ShardIndex.build(shards)
     steps, per_epoch = 10 ** 6, steps_per_epoch(len(index), anchors, cfg.anchors_per_clip)
     # as the trainer on a CPU: batch assembly and augmentation in the loader workers
     stream = BatchStream(index, cfg, 0, 1, 0, steps, per_epoch, augment_here=True)

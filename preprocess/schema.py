@@ -198,8 +198,9 @@ class ClipSample:
                    landmarks=array(LANDMARKS), boxes=array(BOXES), region=array(REGION), jpegs=jpegs)
 
 
-def read_manifest(shards_dir: str | Path):
-    """The manifest as a pyarrow Table, after checking the folder is usable shards of this schema."""
+def manifest_file(shards_dir: str | Path):
+    """The manifest as a pyarrow ParquetFile (nothing read but its footer), after checking the folder is usable
+    shards of this schema."""
     import pyarrow.parquet as pq
 
     shards_dir = Path(shards_dir)
@@ -210,21 +211,82 @@ def read_manifest(shards_dir: str | Path):
         raise SchemaError(f"{shards_dir}: no {MANIFEST} (not built, still building, or a split run "
                           f"not merged: `make shards-merge`)")
     try:
-        table = pq.read_table(path)
+        file = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises several types for a damaged file
         raise SchemaError(f"{path}: unreadable ({e})") from None
-    meta = table.schema.metadata or {}
+    meta = file.schema_arrow.metadata or {}
     version = int(meta.get(b"schema_version", b"-1"))
     if version != SCHEMA_VERSION:
         raise SchemaError(f"{path}: schema version {version}, this code reads {SCHEMA_VERSION}; "
                           f"rebuild with `make shards`")
-    if table.num_rows == 0:
+    if file.metadata.num_rows == 0:
         raise SchemaError(f"{path}: no frames (every clip was rejected; see {REJECTS})")
-    return table
+    return file
+
+
+def read_manifest(shards_dir: str | Path, columns: list[str] | None = None):
+    """The manifest as a pyarrow Table (only `columns` when given), after checking the folder is usable shards
+    of this schema. A frame per row: at VoxCeleb2 size that is 37 M rows; the trainer reads manifest_clips."""
+    file = manifest_file(shards_dir)
+    try:
+        return file.read(columns=columns)
+    except Exception as e:
+        raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
+
+
+def manifest_clips(shards_dir: str | Path, batch_rows: int = 1 << 20) -> dict:
+    """The manifest folded to one entry per clip, in the order clips first appear: key, speaker, source and
+    shard (pyarrow string arrays) and composites (int64: frames with a FaceSwap composite). Streamed by record
+    batch, so memory follows the clips, not the frames."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    file = manifest_file(shards_dir)
+    names = ("key", "speaker", "source", "shard")
+    heads: dict[str, list] = {c: [] for c in names}
+    composites = []
+    try:
+        for batch in file.iter_batches(batch_size=batch_rows, columns=[*names, "has_swap"]):
+            key = batch.column("key")
+            change = pc.not_equal(key.slice(1), key.slice(0, len(key) - 1)).to_numpy(zero_copy_only=False)
+            first = np.flatnonzero(np.concatenate([[True], change]))  # a clip's frames are consecutive rows
+            for c in names:
+                heads[c].append(batch.column(c).take(first))
+            swaps = batch.column("has_swap").fill_null(False).to_numpy(zero_copy_only=False)
+            composites.append(np.add.reduceat(swaps.astype(np.int64), first))
+    except Exception as e:
+        raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
+    # a clip cut by a batch boundary (or, in a hand-made manifest, not consecutive) appears more than once
+    coded = pc.dictionary_encode(pa.concat_arrays(heads["key"]))
+    ids = coded.indices.to_numpy()
+    first = np.unique(ids, return_index=True)[1]
+    clips = {c: pa.concat_arrays(heads[c]).take(first) for c in names[1:]}
+    return {"key": coded.dictionary, **clips,
+            "composites": np.bincount(ids, np.concatenate(composites), len(first)).astype(np.int64)}
+
+
+def sorted_codes(values) -> np.ndarray:
+    """Each value's index among the sorted distinct values of a pyarrow string array (np.unique's
+    return_inverse without making a Python string per value)."""
+    import pyarrow.compute as pc
+
+    coded = pc.dictionary_encode(values)
+    rank = pc.rank(coded.dictionary, sort_keys="ascending").to_numpy() - 1
+    return rank[coded.indices.to_numpy()].astype(np.int64)
 
 
 def shard_paths(shards_dir: str | Path, manifest=None) -> list[Path]:
-    """Shard files listed in the manifest, in order."""
-    table = manifest if manifest is not None else read_manifest(shards_dir)
-    names = sorted(set(table.column("shard").to_pylist()))
-    return [Path(shards_dir) / n for n in names]
+    """Shard files listed in the manifest (a Table with a shard column, or manifest_clips; without one, the
+    manifest's shard column read by record batch), in order."""
+    import pyarrow.compute as pc
+
+    if manifest is not None:
+        names = set(pc.unique(manifest["shard"] if isinstance(manifest, dict) else manifest.column("shard")).to_pylist())
+    else:
+        file, names = manifest_file(shards_dir), set()
+        try:
+            for batch in file.iter_batches(batch_size=1 << 20, columns=["shard"]):
+                names.update(pc.unique(batch.column("shard")).to_pylist())
+        except Exception as e:
+            raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
+    return [Path(shards_dir) / n for n in sorted(names)]

@@ -99,11 +99,10 @@ def test_augment_is_per_sample_and_runs_the_whole_chain():
 
 
 def stream(shards, cfg, rank=0, world=1, start=0, end=5, **kw):
-    from preprocess.schema import read_manifest
     from train.data import BatchStream, ShardIndex, anchors_per_step
     from train.plan import steps_per_epoch
 
-    index = ShardIndex.build(Path(shards), read_manifest(shards))
+    index = ShardIndex.build(Path(shards))
     spe = steps_per_epoch(len(index), anchors_per_step(cfg), cfg.anchors_per_clip)
     return BatchStream(index, cfg, rank, world, start, end, spe, **kw)
 
@@ -359,7 +358,6 @@ def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from preprocess.schema import read_manifest
     from train.data import BatchStream, ShardIndex
 
     copy = tmp_path / "copy"
@@ -373,7 +371,7 @@ def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
                              pa.array(["shard-000001.tar"] * moved.num_rows))
     pq.write_table(pa.concat_tables([t, moved]).replace_schema_metadata(t.schema.metadata),
                    copy / "manifest.parquet")
-    index = ShardIndex.build(copy, read_manifest(copy))
+    index = ShardIndex.build(copy)
     assert len(index) == 4 and any("shard-000001.tar" in p for p in index.problems)
     assert any("4 clip(s) of the manifest are in no readable shard" in p for p in index.problems)
     assert len(list(BatchStream(index, config("simclr"), 0, 1, 0, 3, 1))) == 3
@@ -721,21 +719,20 @@ def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
 
 
 def test_shard_index_is_cached_per_shard_and_rescanned_when_a_shard_changes(train_shards, tmp_path, monkeypatch):
-    from preprocess.schema import read_manifest
     from train import data
 
     copy = tmp_path / "copy"
     shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
-    first = data.ShardIndex.build(copy, read_manifest(copy))
+    first = data.ShardIndex.build(copy)
     assert list((copy / ".cache" / "tar-index").glob("*.npz"))
     scans = []
     real = data.index_tar
     monkeypatch.setattr(data, "index_tar", lambda p: scans.append(p) or real(p))
-    again = data.ShardIndex.build(copy, read_manifest(copy))
+    again = data.ShardIndex.build(copy)
     assert scans == [] and again.keys == first.keys and (again.start == first.start).all()
     shard = shard_paths(copy)[0]
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))
-    data.ShardIndex.build(copy, read_manifest(copy))
+    data.ShardIndex.build(copy)
     assert scans == [shard]
 
 
@@ -754,3 +751,54 @@ def test_faceswap_positives_use_every_stored_composite(train_shards):
     assert set(picks) == {0, 1} and 150 < picks.count(1) < 250 and stats["swaps"] == 400
     images = {j: s.image(View(cid, clip, frame, j)) for j in (0, 1)}
     assert not np.array_equal(images[0], images[1])  # two donors, two different composites
+
+
+def test_manifest_clips_and_shard_index_equal_a_plain_fold_of_every_row(train_shards, tmp_path):
+    """The columnar start-up (record batches, clips cut by batch boundaries, sorted codes) gives what a plain
+    Python fold over every manifest row gives, and the shard index built from it numbers speakers and source
+    clips as sorted names."""
+    import pyarrow.parquet as pq
+
+    from preprocess.schema import manifest_clips
+    from train.data import ShardIndex
+
+    rows = pq.read_table(Path(train_shards) / "manifest.parquet").to_pylist()
+    fold: dict = {}
+    for r in rows:
+        c = fold.setdefault(r["key"], {"speaker": r["speaker"], "source": r["source"], "shard": r["shard"], "n": 0})
+        c["n"] += bool(r["has_swap"])
+    assert len(rows) > len(fold) > 3
+    for batch_rows in (1, 3, 7, 1 << 20):  # 3 and 7 cut clips across batches
+        clips = manifest_clips(train_shards, batch_rows)
+        assert clips["key"].to_pylist() == list(fold)
+        for column in ("speaker", "source", "shard"):
+            assert clips[column].to_pylist() == [c[column] for c in fold.values()]
+        assert clips["composites"].tolist() == [c["n"] for c in fold.values()]
+    index = ShardIndex.build(Path(train_shards))
+    speakers, sources = sorted({c["speaker"] for c in fold.values()}), sorted({c["source"] for c in fold.values()})
+    assert index.speaker.tolist() == [speakers.index(fold[k]["speaker"]) for k in index.keys]
+    assert index.origin.tolist() == [sources.index(fold[k]["source"]) for k in index.keys]
+    assert sorted(index.keys) == sorted(fold) and index.composites == sum(c["n"] for c in fold.values())
+
+
+def test_ranks_warm_their_share_of_the_tar_index_cache(train_shards, tmp_path):
+    """Before rank 0 builds the index, rank r caches the tar indexes of shards r, r + world, ...; the index built
+    from that cache is the one built from the tars."""
+    import shutil
+
+    from preprocess.schema import shard_paths
+    from train.data import ShardIndex, index_tar, warm_tar_index
+
+    copy = tmp_path / "shards"
+    shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
+    paths, cache = shard_paths(copy), copy / ".cache" / "tar-index"
+    world = len(paths) + 1
+    warm_tar_index(copy, paths, world - 1, world)  # the last rank has no shard of its own
+    assert not cache.exists()
+    for rank in range(world - 1):
+        warm_tar_index(copy, paths, rank, world)
+        assert sorted(p.name for p in cache.iterdir()) == sorted(f"{p.name}.npz" for p in paths[:rank + 1])
+    cached = ShardIndex.build(copy)
+    fresh = ShardIndex.build(train_shards)
+    assert cached.keys == fresh.keys and cached.start.tolist() == fresh.start.tolist()
+    assert cached.start.tolist()[:3] == index_tar(paths[0])[1][:3]

@@ -165,6 +165,14 @@ def cached_index_tar(path: Path, cache_dir: Path) -> tuple[list[str], list[int],
     return keys, starts, ends, error
 
 
+def warm_tar_index(shards_dir: Path, paths: list[Path], rank: int, world: int) -> None:
+    """This rank's share (every world-th shard) of the tar indexes, into the cache that ShardIndex.build reads. Run
+    by every rank before rank 0 builds the index: a first start on shards never indexed reads 1/world of the tar
+    headers per rank (one rank alone: minutes at VoxCeleb2 size)."""
+    for path in paths[rank::world]:
+        cached_index_tar(path, shards_dir / ".cache" / "tar-index")
+
+
 # sample files the trainer never reads (the eye and mouth crops are for region embeddings, made offline)
 UNUSED = frozenset({"eyes.jpgs", "mouth.jpgs", "landmarks.npy", "frame.npy"})
 
@@ -181,35 +189,43 @@ class ShardIndex:
     origin: np.ndarray     # int64 source clip index: the windows of one long clip share it
     problems: list[str]    # damaged shards and clips of the manifest that no shard holds
 
-    @classmethod
-    def build(cls, shards_dir: Path, manifest) -> "ShardIndex":
-        from preprocess.schema import shard_paths
+    composites: int = 0    # frames of the manifest with a FaceSwap composite
 
-        paths = shard_paths(shards_dir, manifest)
-        key_col = manifest.column("key").to_numpy(zero_copy_only=False)
-        spk_col = manifest.column("speaker").to_numpy(zero_copy_only=False)
-        first = np.unique(key_col, return_index=True)[1]
-        speakers, speaker_idx = np.unique(spk_col[first], return_inverse=True)
-        speaker_of = dict(zip(key_col[first], speaker_idx))
-        src_col = manifest.column("source").to_numpy(zero_copy_only=False)
-        origin_of = dict(zip(key_col[first], np.unique(src_col[first], return_inverse=True)[1]))
+    @classmethod
+    def build(cls, shards_dir: Path) -> "ShardIndex":
+        """From the manifest's clips (schema.manifest_clips) and each shard's tar index (cached per shard).
+        Columnar throughout: at VoxCeleb2 size (1.13 M clips, 37 M manifest rows) no Python object per row."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        from preprocess.schema import manifest_clips, shard_paths, sorted_codes
+
+        clips = manifest_clips(shards_dir)
+        paths = shard_paths(shards_dir, clips)
+        speaker_of, origin_of = sorted_codes(clips["speaker"]), sorted_codes(clips["source"])
         keys, shard, start, end, problems = [], [], [], [], []
         for i, path in enumerate(paths):
             k, s, e, err = cached_index_tar(path, shards_dir / ".cache" / "tar-index")
             if err:
                 problems.append(f"{path.name}: {err} (clips after it unreadable)")
-            for key, a, b in zip(k, s, e):
-                if key in speaker_of:
-                    keys.append(key)
-                    shard.append(i)
-                    start.append(a)
-                    end.append(b)
-        missing = len(speaker_of) - len(set(keys))
+            keys.extend(k)
+            shard.append(np.full(len(k), i, np.int32))
+            start.append(np.asarray(s, np.int64))
+            end.append(np.asarray(e, np.int64))
+        # one lookup for all shards (a lookup per shard would hash the manifest's keys once per shard)
+        at = pc.index_in(pa.array(keys, pa.string()), value_set=clips["key"])  # null: not in the manifest
+        known = at.is_valid().to_numpy(zero_copy_only=False)
+        row = at.drop_null().to_numpy().astype(np.int64)
+        missing = len(clips["key"]) - len(np.unique(row))
         if missing:
             problems.append(f"{missing} clip(s) of the manifest are in no readable shard")
-        return cls(paths, keys, np.array(shard, np.int32), np.array(start, np.int64), np.array(end, np.int64),
-                   np.array([speaker_of[k] for k in keys], np.int64),
-                   np.array([origin_of[k] for k in keys], np.int64), problems)
+
+        def joined(parts, dtype):
+            return np.concatenate(parts)[known] if parts else np.zeros(0, dtype)
+
+        return cls(paths, [k for k, ok in zip(keys, known) if ok], joined(shard, np.int32),
+                   joined(start, np.int64), joined(end, np.int64), speaker_of[row], origin_of[row], problems,
+                   int(clips["composites"].sum()))
 
     def __len__(self):
         return len(self.keys)

@@ -17,13 +17,13 @@ import torch
 from preprocess.config import to_toml
 from preprocess.progress import progress
 from preprocess.regions import resolve_device
-from preprocess.schema import read_manifest
+from preprocess.schema import manifest_file, shard_paths
 from train import distributed as dist
 from train import runinfo
 from train.augment import augment
 from train.checkpoint import (export_backbone, load_checkpoint, save_checkpoint, set_rng_state, settings_diff,
                               unwrap)
-from train.data import BatchStream, ShardIndex, anchors_per_step, augment_options, step_seed
+from train.data import BatchStream, ShardIndex, anchors_per_step, augment_options, step_seed, warm_tar_index
 from train.losses import false_negatives, info_nce, near_duplicates
 from train.models import build_model
 from train.plan import steps_per_epoch as plan_steps
@@ -142,6 +142,15 @@ def check_batch_size(cfg: TrainConfig, world: int) -> int:
     return anchors
 
 
+def shard_index(shards: Path, rank: int, world: int) -> ShardIndex:
+    """The shards' index on every rank: each rank first caches its share of the tar indexes, then rank 0 builds the
+    index from the cache and sends it to the others, so that all of them plan alike."""
+    if world > 1:  # the shard list from rank 0 (the others need not read the manifest)
+        warm_tar_index(shards, dist.broadcast_object(shard_paths(shards) if rank == 0 else None), rank, world)
+        dist.gather_objects(None)  # every share cached before rank 0 reads them all
+    return dist.broadcast_object(ShardIndex.build(shards) if rank == 0 else None)
+
+
 def resume_point(run: Path, cfg: TrainConfig) -> Path | None:
     """The checkpoint this launch continues (decided on rank 0), None for a fresh start."""
     if cfg.resume in ("auto", "force"):
@@ -218,19 +227,17 @@ def train_run(shards: str | Path, run: Path, cfg: TrainConfig, preset: str | Non
     logger = tensorboard if main else None
 
     # data: the manifest says what the shards hold; the index says where each clip sample lies
-    manifest = read_manifest(shards)
+    meta = manifest_file(shards).schema_arrow.metadata or {}
     anchors = check_batch_size(cfg, world)
-    if cfg.faceswap and not any(manifest.column("has_swap").to_pylist()):
+    index = shard_index(Path(shards), rank, world)
+    if cfg.faceswap and not index.composites:
         raise TrainingStopped(f"faceswap=true but the shards in {shards} hold no FaceSwap composites "
                               f"(built with faceswap=false?)")
-    meta = manifest.schema.metadata or {}
     descriptor = meta.get(b"region_descriptor", b"").decode() or "none"
     if main and cfg.maskfn and descriptor != "resnet18":
         print(f"warning: MaskFN runs on the shards' region descriptor {descriptor!r} "
               f"({meta.get(b'region_dim', b'0').decode()}-d), not the paper's ImageNet ResNet18 eye+mouth "
               f"features: rebuild the shards with region_descriptor=resnet18 for the paper's method", flush=True)
-    # built once (rank 0, cached per shard) and sent to the other ranks, so that all of them plan alike
-    index = dist.broadcast_object(ShardIndex.build(Path(shards), manifest) if main else None)
     if main:
         for problem in index.problems:
             print(f"warning: {problem}")
