@@ -24,10 +24,24 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))
 TABLE1_ROWS = {"simclr": "SimCLR", "timeaug": "(a) TimeAug", "timeaug-hardneg": "(b) + HardNeg",
                "timeaug-hardneg-cutmix": "(c) TimeAug + HardNeg + CutMix",
                "timeaug-faceswap-maskfn": "(d) TimeAug + FaceSwap + MaskFN",
                "timeaug-hardneg-faceswap": "(e) TimeAug + HardNeg + FaceSwap", "sslfer": "(f) all four"}
+# (row, the row it adds an idea to): what each idea adds, as Table 1 reads
+TABLE1_STEPS = [("timeaug", "simclr"), ("timeaug-hardneg", "timeaug"), ("timeaug-hardneg-cutmix", "timeaug-hardneg"),
+                ("timeaug-faceswap-maskfn", "timeaug"), ("timeaug-hardneg-faceswap", "timeaug-hardneg"),
+                ("sslfer", "timeaug-hardneg-faceswap"), ("sslfer", "simclr")]
+
+
+def difference(a: np.ndarray, b: np.ndarray) -> str:
+    """Mean difference of two rows' per-run scores (points) ± its standard error (sample variances over the
+    pretraining seeds); 'within noise' when it is under two standard errors."""
+    se = np.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)) if min(len(a), len(b)) > 1 else float("nan")
+    d = a.mean() - b.mean()
+    verdict = "within noise" if not abs(d) >= 2 * se else ("higher" if d > 0 else "lower")
+    return f"{100 * d:+.1f} ± {100 * se:.1f} ({verdict})"
 
 
 def run(cmd: list[str]) -> None:
@@ -74,13 +88,32 @@ def pretrain(corpus: Path, out: Path, plan: list[tuple[str, str]], a, py: str) -
             run([py, "-m", "train", str(shards), str(run_dir), "--preset", preset, "arch=resnet18",
                  f"image_size={a.size}", f"batch_size={a.batch}", "anchors_per_clip=8", f"max_steps={a.steps}",
                  f"seed={seed}", "workers=1", "log_every=10", f"monitor={SHARED / 'fer2013' / 'train'}",
-                 f"monitor_identity={SHARED / 'lfw-20'}", f"monitor_every={a.monitor_every}", *a.train.split()])
+                 f"monitor_identity={SHARED / 'lfw-20'}", f"monitor_every={a.monitor_every}",
+                 f"monitor_max_images={a.monitor_images}", *a.train.split()])
         runs.setdefault(preset, []).append(run_dir)
     return runs
 
 
-def checkpoint_files(run_dir: Path) -> dict[str, Path]:
-    return {"last": run_dir / "backbone.pt", "best": run_dir / "checkpoints" / "best.pt"}
+def checkpoint_files(run_dir: Path) -> dict:
+    """The last step's weights and the monitor's best, and the best's step (0: the monitor never beat the
+    initialisation); where the best is the last step (same weights), both name backbone.pt so the one checkpoint is
+    evaluated once."""
+    from eval.backbones import checkpoint_meta
+
+    last, best = run_dir / "backbone.pt", run_dir / "checkpoints" / "best.pt"
+    best_step = checkpoint_meta(str(best)).get("step")
+    same = best_step == checkpoint_meta(str(last)).get("step")
+    return {"last": last, "best": last if same else best, "best_step": best_step}
+
+
+def evaluate_once(report: Path, cmd: list[str]) -> float:
+    """Runs an evaluation unless its report is done; its seconds, kept in the report's done file."""
+    done = report / "done"
+    if not done.is_file():
+        t = time.time()
+        run(cmd)
+        done.write_text(f"{time.time() - t:.0f}\n")
+    return float(done.read_text().strip() or 0)
 
 
 def lookup(metrics: dict, ckpt: str) -> dict:
@@ -92,62 +125,40 @@ def lookup(metrics: dict, ckpt: str) -> dict:
     return rows[next(k for k, v in metrics["provenance"].items() if v["file"] == ckpt)]
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default="build/experiment")
-    p.add_argument("--corpus", default=str(SHARED / "talking-faces-all.csv"))
-    p.add_argument("--presets", default="simclr,sslfer", help="presets run with --seeds")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--extra-presets", default="timeaug,timeaug-hardneg,timeaug-hardneg-cutmix,"
-                                              "timeaug-faceswap-maskfn,timeaug-hardneg-faceswap",
-                   help="more presets (Table 1's other rows), run with --extra-seeds")
-    p.add_argument("--extra-seeds", default="0,1")
-    p.add_argument("--compare-corpus", default=str(SHARED / "talking-faces"),
-                   help="a second corpus for --compare-presets ('' = none): the five-times-the-data comparison")
-    p.add_argument("--compare-presets", default="simclr,sslfer", help="run with --seeds on --compare-corpus")
-    p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--batch", type=int, default=64, help="instances per step (batch_size), the same for every preset")
-    p.add_argument("--size", type=int, default=64)
-    p.add_argument("--probe-epochs", type=int, default=20)
-    p.add_argument("--probe-seeds", type=int, default=3, help="head seeds of the linear probe (probe_seeds)")
-    p.add_argument("--monitor-every", type=int, default=50)
-    p.add_argument("--train", default="", help="more key=value options for every pretraining")
-    p.add_argument("--eval", default="", help="more key=value options for every evaluation (e.g. max_images=)")
-    a = p.parse_args()
-    out = Path(a.out)
-    py = sys.executable
-    t0 = time.time()
-    seeds, extra = a.seeds.split(","), [s for s in a.extra_seeds.split(",") if s]
-    plan = [(p_, s) for p_ in a.presets.split(",") if p_ for s in seeds]
-    plan += [(p_, s) for p_ in a.extra_presets.split(",") if p_ for s in extra]
-    corpora = {"main": pretrain(Path(a.corpus), out / "main", plan, a, py)}
-    if a.compare_corpus:
-        corpora["compare"] = pretrain(Path(a.compare_corpus), out / "compare",
-                                      [(p_, s) for p_ in a.compare_presets.split(",") if p_ for s in seeds], a, py)
-    t_pretrain = time.time() - t0
+def fmt(v) -> str:
+    return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
 
-    ckpts = ["random"] + [str(f) for runs in corpora.values() for dirs in runs.values() for d in dirs
-                          for f in checkpoint_files(d).values()]
-    flags = [x for c in ckpts for x in ("--ckpt", c)]
-    common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=0", *a.eval.split()]
-    reports = {}
-    for align in ("landmarks", "none"):
-        reports[align] = out / f"fer2013-{align}"
-        if not (reports[align] / "done").is_file():
-            run([py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(reports[align]),
-                 "protocol=linear", f"epochs={a.probe_epochs}", f"probe_seeds={a.probe_seeds}", f"align={align}",
-                 *common])
-            (reports[align] / "done").write_text("")
-    if not (out / "lfw" / "done").is_file():
-        run([py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report", str(out / "lfw"), *common])
-        (out / "lfw" / "done").write_text("")
-    t_eval = time.time() - t0 - t_pretrain
-    fer = {al: json.loads((r / "metrics.json").read_text()) for al, r in reports.items()}
-    lfw = json.loads((out / "lfw" / "metrics.json").read_text())
 
-    def fmt(v):
-        return f"{100 * np.mean(v):.1f} ± {100 * np.std(v):.1f}" if len(v) > 1 else f"{100 * v[0]:.1f}"
+def batch_checks(corpora: dict[str, dict[str, list[Path]]]) -> list[str]:
+    """What the runs' batches held (their summary.json), averaged over seeds: the checks to read before
+    concluding that an idea does nothing."""
+    header = ("| corpus | pretraining | runs | s per run | distinct clips / anchors | hard negative missing | "
+              "… from another clip | groups with a pair < T2 | masked pairs per step | FaceSwap rate | "
+              "instance top-1 first → last |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for corpus, runs in corpora.items():
+        for preset, dirs in runs.items():
+            sums = [json.loads((d / "summary.json").read_text()) for d in dirs]
 
+            def mean(f, sums=sums):
+                return float(np.mean([f(x) for x in sums]))
+            neg = 100 * mean(lambda x: x["hardneg_missing"] / x["anchors"])
+            other = 100 * mean(lambda x: x["hardneg_other_clip"] / x["anchors"])
+            close = 100 * mean(lambda x: x["hardneg_close"] / x["anchors"])
+            lines.append(
+                f"| {corpus} | {TABLE1_ROWS.get(preset, preset)} | {len(sums)} | {mean(lambda x: x['seconds']):.0f} | "
+                f"{100 * mean(lambda x: x['distinct_clips'] / x['anchors']):.0f}% | {neg:.0f}% | {other:.0f}% | "
+                f"{close:.1f}% | {mean(lambda x: x['masked_pairs'] / x['steps']):.1f} | "
+                f"{100 * mean(lambda x: x.get('swap_rate', 0.0)):.0f}% | "
+                f"{mean(lambda x: x['top1_first']):.2f} → {mean(lambda x: x['top1']):.2f} |")
+    return lines
+
+
+def tabulate(corpora: dict[str, dict[str, list[Path]]], files: dict[Path, dict[str, Path]], fer: dict[str, dict],
+             lfw: dict) -> tuple[list[str], list[str], dict]:
+    """Results table rows (each preset's mean ± std over pretraining seeds of the mean over probe seeds), the
+    differences table (TABLE1_STEPS) and the per-run scores, from the evaluations' metrics.json (fer: by
+    alignment, 'landmarks' and 'none')."""
     def scores(files: list[str]) -> dict:
         """Per alignment: [checkpoint, probe seed] F1 and accuracy; FR-KNN per checkpoint."""
         got = {}
@@ -164,11 +175,11 @@ def main() -> None:
     lines = [header, "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     per_run: dict = {}
 
-    def add(corpus: str, label: str, choice: str, files: list[str]) -> None:
+    def add(corpus: str, label: str, choice: str, files: list[str], shown: str = "") -> None:
         s = scores(files)
         per_run.setdefault(corpus, {}).setdefault(label, {})[choice] = {
             "files": files, **{k: v.tolist() for k, v in s.items()}}
-        lines.append(f"| {corpus} | {label} | {choice} | {len(files)} × {s['f1_landmarks'].shape[1]} | "
+        lines.append(f"| {corpus} | {label} | {shown or choice} | {len(files)} × {s['f1_landmarks'].shape[1]} | "
                      f"{fmt(s['f1_landmarks'].mean(1))} | {100 * s['f1_landmarks'].std(1).mean():.1f} | "
                      f"{fmt(s['f1_none'].mean(1))} | {100 * s['f1_none'].std(1).mean():.1f} | "
                      f"{fmt(s['acc_landmarks'].mean(1))} | {fmt(s['knn'])} |")
@@ -177,8 +188,79 @@ def main() -> None:
     for corpus, runs in corpora.items():
         for preset, dirs in runs.items():
             for choice in ("last", "best"):
-                add(corpus, TABLE1_ROWS.get(preset, preset), choice, [str(checkpoint_files(d)[choice]) for d in dirs])
-    cost = {"pretrain_s": round(t_pretrain), "evaluate_s": round(t_eval),
+                same = sum(files[d]["best"] == files[d]["last"] for d in dirs)
+                init = sum(files[d].get("best_step") == 0 for d in dirs)
+                notes = [f"= {what} in {k}/{len(dirs)}" for what, k in (("last", same), ("step 0", init)) if k]
+                shown = f"best ({', '.join(notes)})" if choice == "best" and notes else choice
+                add(corpus, TABLE1_ROWS.get(preset, preset), choice, [str(files[d][choice]) for d in dirs], shown)
+    diffs = [("| corpus | checkpoint | row | over | FER2013 F1, landmarks | FER2013 F1, whole image | "
+              "LFW-20 FR-KNN ↓ |"), "|---|---|---|---|---:|---:|---:|"]
+    for corpus, rows in per_run.items():
+        for row, base in TABLE1_STEPS:
+            ra, rb = rows.get(TABLE1_ROWS[row]), rows.get(TABLE1_ROWS[base])
+            for choice in ("last", "best") if ra and rb else ():
+                sa, sb = ra[choice], rb[choice]
+                cells = [difference(np.mean(sa[k], axis=1), np.mean(sb[k], axis=1))
+                         for k in ("f1_landmarks", "f1_none")] + [difference(np.array(sa["knn"]), np.array(sb["knn"]))]
+                diffs.append(f"| {corpus} | {choice} | {TABLE1_ROWS[row]} | {TABLE1_ROWS[base]} | "
+                             f"{' | '.join(cells)} |")
+    return lines, diffs, per_run
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="build/experiment")
+    p.add_argument("--corpus", default=str(SHARED / "talking-faces-all.csv"))
+    p.add_argument("--presets", default="simclr,sslfer", help="presets run with --seeds")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--extra-presets", default="timeaug,timeaug-hardneg,timeaug-hardneg-cutmix,"
+                                              "timeaug-faceswap-maskfn,timeaug-hardneg-faceswap",
+                   help="more presets (Table 1's other rows), run with --extra-seeds")
+    p.add_argument("--extra-seeds", default="0,1")
+    p.add_argument("--compare-corpus", default=str(SHARED / "talking-faces"),
+                   help="a second corpus for --compare-presets ('' = none): the five-times-the-data comparison")
+    p.add_argument("--compare-presets", default="simclr,sslfer", help="run with --compare-seeds on --compare-corpus")
+    p.add_argument("--compare-seeds", default="0,1")
+    p.add_argument("--steps", type=int, default=100,
+                   help="pretraining steps of every run (the default fits the whole experiment in ~2 h on 2 cores)")
+    p.add_argument("--batch", type=int, default=64, help="instances per step (batch_size), the same for every preset")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--probe-epochs", type=int, default=20)
+    p.add_argument("--probe-seeds", type=int, default=3, help="head seeds of the linear probe (probe_seeds)")
+    p.add_argument("--probe-images", type=int, default=2000,
+                   help="FER2013 images per split (train, validation, test; max_images=, 0 = all 28,709)")
+    p.add_argument("--monitor-every", type=int, default=50)
+    p.add_argument("--monitor-images", type=int, default=1000, help="images per monitor set (monitor_max_images=)")
+    p.add_argument("--train", default="", help="more key=value options for every pretraining")
+    p.add_argument("--eval", default="", help="more key=value options for every evaluation (e.g. max_images=)")
+    a = p.parse_args()
+    out = Path(a.out)
+    py = sys.executable
+    seeds, extra = a.seeds.split(","), [s for s in a.extra_seeds.split(",") if s]
+    plan = [(p_, s) for s in seeds for p_ in a.presets.split(",") if p_]
+    plan += [(p_, s) for s in extra for p_ in a.extra_presets.split(",") if p_]
+    corpora = {"main": pretrain(Path(a.corpus), out / "main", plan, a, py)}
+    if a.compare_corpus:
+        corpora["compare"] = pretrain(Path(a.compare_corpus), out / "compare",
+                                      [(p_, s) for p_ in a.compare_presets.split(",") if p_
+                                       for s in a.compare_seeds.split(",") if s], a, py)
+
+    files = {d: checkpoint_files(d) for runs in corpora.values() for dirs in runs.values() for d in dirs}
+    ckpts = ["random"] + sorted({str(f) for chosen in files.values() for f in chosen.values()})
+    flags = [x for c in ckpts for x in ("--ckpt", c)]
+    common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=0", *a.eval.split()]
+    reports = {align: out / f"fer2013-{align}" for align in ("landmarks", "none")}
+    t_eval = sum(evaluate_once(reports[align], [
+        py, "-m", "eval", "fer2013", str(SHARED / "fer2013"), *flags, "--report", str(reports[align]),
+        "protocol=linear", f"epochs={a.probe_epochs}", f"probe_seeds={a.probe_seeds}", f"align={align}",
+        f"max_images={a.probe_images}", *common]) for align in reports)
+    t_eval += evaluate_once(out / "lfw", [py, "-m", "eval", "lfw", str(SHARED / "lfw-20"), *flags, "--report",
+                                         str(out / "lfw"), *common])
+    fer = {al: json.loads((r / "metrics.json").read_text()) for al, r in reports.items()}
+    lfw = json.loads((out / "lfw" / "metrics.json").read_text())
+
+    lines, diffs, per_run = tabulate(corpora, files, fer, lfw)
+    cost = {"evaluate_s": round(t_eval),
             "pretrain_runs_s": round(sum(json.loads((d / "summary.json").read_text())["seconds"]
                                          for runs in corpora.values() for dirs in runs.values() for d in dirs)),
             "runs": sum(
@@ -187,9 +269,12 @@ def main() -> None:
     n_test = next(iter(fer["landmarks"]["checkpoints"].values()))["linear_expr"]["test"]["n"]
     table = "\n".join(lines)
     (out / "results.md").write_text(
-        table + f"\n\nFER2013 test images: {n_test}. Corpora: main = {a.corpus}, compare = {a.compare_corpus}. "
-        f"Cost of this invocation: pretraining {cost['pretrain_s']} s, evaluation {cost['evaluate_s']} s (the "
-        f"runs' own pretraining time, whenever they ran: {cost['pretrain_runs_s']} s).\n")
+        table + "\n\nWhat each idea adds (points, mean over pretraining seeds ± standard error; 'within noise' = under "
+        "two standard errors):\n\n" + "\n".join(diffs) + "\n\nWhat the batches held (each run's summary.json, "
+        "mean over its seeds; hard-negative shares are of the anchors):\n\n" + "\n".join(batch_checks(corpora))
+        + f"\n\nFER2013 test images: {n_test}. "
+        f"Corpora: main = {a.corpus}, compare = {a.compare_corpus}. "
+        f"Cost: pretraining {cost['pretrain_runs_s']} s (the runs' own time), evaluation {cost['evaluate_s']} s.\n")
     (out / "per_run.json").write_text(json.dumps(per_run, indent=2))
     (out / "cost.json").write_text(json.dumps(cost, indent=2))
     plot_curves({f"{c}/{p_}": dirs for c, runs in corpora.items() for p_, dirs in runs.items()}, out / "curves.png")
