@@ -446,7 +446,7 @@ def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
         assert sum((w.meta["donors"] for w in parts), []) == ref.meta["donors"]
     manifest = read_manifest(shards)
     assert len(manifest) == len(read_manifest(reference))
-    index = ShardIndex.build(shards, manifest)  # the trainer: windows of one clip share a clip id
+    index = ShardIndex.build(shards)  # the trainer: windows of one clip share a clip id
     origin = dict(zip(index.keys, index.origin))
     for key, parts in by_clip.items():
         assert len({origin[w.key] for w in parts}) == 1
