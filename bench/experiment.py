@@ -246,7 +246,7 @@ def main() -> None:
                                        for s in a.compare_seeds.split(",") if s], a, py)
 
     files = {d: checkpoint_files(d) for runs in corpora.values() for dirs in runs.values() for d in dirs}
-    ckpts = ["random"] + sorted({str(f) for chosen in files.values() for f in chosen.values()})
+    ckpts = ["random"] + sorted({str(chosen[c]) for chosen in files.values() for c in ("last", "best")})
     flags = [x for c in ckpts for x in ("--ckpt", c)]
     common = ["arch=resnet18", f"image_size={a.size}", "seed=0", "gradcam_per_class=0", *a.eval.split()]
     reports = {align: out / f"fer2013-{align}" for align in ("landmarks", "none")}
