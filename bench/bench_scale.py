@@ -236,7 +236,9 @@ def trainer_startup(shards: str, cached: bool, ranks: bool) -> None:
 
 
 def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | None, ranks: int,
-                  keep: bool = False, make_only: bool = False, runs: str = "uncached,cached,ranks") -> None:
+                  keep: bool = False, make_only: bool = False, runs: str = "uncached,cached,ranks",
+                  speakers_of=None) -> dict:
+    """Prints each start-up's row; returns {(clips, run): (wall s, peak RSS GB)}."""
     import json
     import shutil
     import subprocess
@@ -251,7 +253,9 @@ def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | Non
 
     print("| clips | run | wall (s) | peak RSS (GB) | notes |")
     print("|---:|---|---:|---:|---|")
+    got = {}
     for n in sizes:
+        speakers = speakers_of(n) if speakers_of else speakers
         shards = work / f"shards-{n}-{speakers}"
         made = shards / "simulated.json"  # kept with --keep: the next run measures the same files again
         t = time.perf_counter()
@@ -278,21 +282,27 @@ def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | Non
                 continue
             print(f"| {n:,} | {label} | {r['index_s']:.1f} | {r['peak_rss_gb']:.2f} | epoch plan "
                   f"{r['plan_s']:.1f} s = {r['plan_us_per_clip']:.2f} µs per clip |", flush=True)
+            got[n, name] = (r["index_s"], r["peak_rss_gb"])
+            if name == "cached" and code == ROOT:
+                got[n, "plan"] = (r["plan_s"], r["plan_us_per_clip"])
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}",
                     "--master_port=29517"]
         for label, flags in (("no cache: each rank indexes 1/N of the tars", ["--uncached"]),
                              ("from the cache", [])) if ranks > 1 and "ranks" in runs.split(",") else ():
-            got = child(shards, "--ranks", *flags, launcher=launcher)
-            if isinstance(got, dict):
-                print(f"| {n:,} | {ranks} ranks, {label} | — | — | failed: {got['error']} |", flush=True)
+            per_rank = child(shards, "--ranks", *flags, launcher=launcher)
+            if isinstance(per_rank, dict):
+                print(f"| {n:,} | {ranks} ranks, {label} | — | — | failed: {per_rank['error']} |", flush=True)
                 continue
-            rss = [g["peak_rss_gb"] for g in got]
+            rss = [g["peak_rss_gb"] for g in per_rank]
             print(f"| {n:,} | {ranks} ranks, {label} (torchrun, gloo) | "
-                  f"{max(g['index_s'] + g['plan_s'] for g in got):.1f} | {max(rss):.2f} | rank 0 "
+                  f"{max(g['index_s'] + g['plan_s'] for g in per_rank):.1f} | {max(rss):.2f} | rank 0 "
                   f"{rss[0]:.2f} GB, other ranks {min(rss[1:]):.2f}-{max(rss[1:]):.2f} GB, node "
                   f"{sum(rss):.1f} GB |", flush=True)
+            got[n, "ranks" + ("-uncached" if flags else "")] = (max(g["index_s"] + g["plan_s"] for g in per_rank),
+                                                                max(rss))
         if not keep:
             shutil.rmtree(shards, ignore_errors=True)
+    return got
 
 
 def make_tree(root: Path, clips: list[tuple[str, str]]) -> None:
@@ -302,8 +312,56 @@ def make_tree(root: Path, clips: list[tuple[str, str]]) -> None:
         path.write_bytes(key.encode())
 
 
-def bench_rerun(n: int, speakers: int, work: Path) -> None:
+def _child(*args: str) -> dict:
+    """Run this script's child mode in a process of its own; its last stdout line is JSON."""
     import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr[-3000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def merge_child(shards: str) -> None:
+    """`make shards-merge` in this process; prints a JSON line with its seconds and peak RSS."""
+    import json
+    import resource
+
+    from preprocess.pack import merge_parts
+
+    t = time.perf_counter()
+    merged = merge_parts(Path(shards))
+    print(json.dumps({"seconds": time.perf_counter() - t, "merged": merged,
+                      "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}))
+
+
+def build_parts(data: Path, shards: Path, cache: Path, parts: int, jobs: int) -> list[dict]:
+    """The SLURM route's array: parts 0..n-1 (part=i/n), each a process of its own, `jobs` at once."""
+    import json
+    import subprocess
+
+    pending, running, done = list(range(parts)), [], []
+    while pending or running:
+        while pending and len(running) < jobs:
+            i = pending.pop(0)
+            running.append(subprocess.Popen([sys.executable, __file__, "--child", str(data), str(shards),
+                                             f"part={i}/{parts}", f"cache_dir={cache}"],
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        proc = running.pop(0)
+        stdout, stderr = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(stderr[-3000:])
+        done.append(json.loads(stdout.strip().splitlines()[-1]))
+    return done
+
+
+RERUN_HEADER = ("| run | clips | wall (s) | peak RSS (GB) | work done | shards written / kept | slowest steps (s) |\n"
+                "|---|---:|---:|---:|---|---:|---|")
+
+
+def bench_rerun(n: int, speakers: int, work: Path, parts: int = 0, jobs: int = 2, baseline: bool = True) -> dict:
+    """Each run's row (printed as it ends); returns {run: (wall s, peak RSS GB)}."""
     import shutil
     import subprocess
 
@@ -311,29 +369,94 @@ def bench_rerun(n: int, speakers: int, work: Path) -> None:
     data, shards = work / "corpus", work / "shards"
     t = time.perf_counter()
     make_tree(data, corpus(n, speakers))
-    print(f"<!-- made {n:,} files in {time.perf_counter() - t:.0f} s -->", flush=True)
-    print("| run | clips | wall (s) | peak RSS (GB) | work done | shards written / kept | slowest steps (s) |")
-    print("|---|---:|---:|---:|---|---:|---|")
+    print(f"<!-- {n:,} clips of {speakers:,} speakers: files made in {time.perf_counter() - t:.0f} s -->", flush=True)
+    print(RERUN_HEADER, flush=True)
     history_free = work / "shards-history-free"
-    runs = (("first build", shards, []), ("rerun, nothing changed", shards, []),
-            ("rerun, 1% of clips added", shards, []),
-            ("the same, sticky_donors=false (history-free donors; baseline)", history_free, ["sticky_donors=false"]))
+    runs = [("first build", shards, []), ("rerun, nothing changed", shards, []),
+            ("rerun, 1% of clips added", shards, [])]
+    if baseline:
+        runs.append(("the same, sticky_donors=false (history-free donors; baseline)", history_free,
+                     ["sticky_donors=false"]))
+    got = {}
     for label, out_dir, overrides in runs:
         if label == "rerun, 1% of clips added":
-            # the state before the addition, for the baseline: hard links are safe, every write is a rename
-            subprocess.run(["cp", "-al", str(shards), str(history_free)], check=True)
+            if baseline:  # the state before the addition: hard links are safe, every write is a rename
+                subprocess.run(["cp", "-al", str(shards), str(history_free)], check=True)
             make_tree(data, corpus(max(1, n // 100), speakers, offset=n))
-        out = subprocess.run([sys.executable, __file__, "--child", str(data), str(out_dir), *overrides],
-                             capture_output=True, text=True)
-        if out.returncode != 0:
-            raise SystemExit(out.stderr[-3000:])
-        r = json.loads(out.stdout.strip().splitlines()[-1])
+        r = _child("--child", str(data), str(out_dir), *overrides)
         slowest = sorted(((k, v) for k, v in r["steps"].items() if k != "total"), key=lambda kv: -kv[1])[:3]
         steps = ", ".join(f"{k} {v:.1f}" for k, v in slowest)
         work_done = ", ".join(f"{k} {v}" for k, v in r["work"].items())
         written = f"{r['pack']['shards_written']} / {r['pack']['shards_kept']}" if r["pack"] else "— (up to date)"
         print(f"| {label} | {r['clips']:,} | {r['seconds']:.1f} | {r['peak_rss_gb']:.2f} | {work_done} | {written} | "
               f"{steps} |", flush=True)
+        got[label] = (r["seconds"], r["peak_rss_gb"])
+    shutil.rmtree(history_free, ignore_errors=True)
+    if parts:
+        # the job array's parts share the whole build's step cache (SHARDS/.cache, as parts of one SHARDS do):
+        # faces and region outputs are found there; FaceSwap (donors from the part's own clips) and packing
+        # are done anew
+        routed = work / "shards-parts"
+        t = time.perf_counter()
+        part_runs = build_parts(data, routed, shards / ".cache", parts, jobs)
+        wall = time.perf_counter() - t
+        slowest = max(part_runs, key=lambda r: r["seconds"])
+        rss = max(r["peak_rss_gb"] for r in part_runs)
+        print(f"| {parts} parts (part=i/{parts}), {jobs} at a time | {sum(r['clips'] for r in part_runs):,} | "
+              f"{wall:.1f} | {rss:.2f} | per part: median {sorted(r['seconds'] for r in part_runs)[parts // 2]:.1f} s, "
+              f"slowest {slowest['seconds']:.1f} s; each part discovers the whole corpus | "
+              f"{sum(r['pack']['shards_written'] for r in part_runs)} / 0 | slowest part: "
+              + ", ".join(f"{k} {v:.1f}" for k, v in sorted(((k, v) for k, v in slowest["steps"].items()
+                                                              if k != "total"), key=lambda kv: -kv[1])[:3])
+              + " |", flush=True)
+        got[f"{parts} parts, slowest"] = (slowest["seconds"], rss)
+        r = _child("--child-merge", str(routed))
+        print(f"| make shards-merge ({parts} parts) | {n + max(1, n // 100):,} | {r['seconds']:.1f} | "
+              f"{r['peak_rss_gb']:.2f} | {r['merged']['frames']:,} manifest rows | {r['merged']['shards']} shards "
+              f"named | — |", flush=True)
+        got[f"merge of {parts} parts"] = (r["seconds"], r["peak_rss_gb"])
+        shutil.rmtree(routed, ignore_errors=True)
+    return got
+
+
+def speakers_of(n: int) -> int:
+    """VoxCeleb1's 1,251 speakers up to its 153,516 clips, VoxCeleb2's 6,112 beyond."""
+    return 1251 if n <= 153516 else 6112
+
+
+def bench_voxceleb2(sizes: list[int], work: Path, parts: int, jobs: int, ranks: int) -> None:
+    """Issue 20's table in one run: at each size the batch stage's runs (first build, no-op rerun, +1% clips,
+    the SLURM route of `parts` parts and its merge) and the trainer's start-up, then the sizes side by side."""
+    got = {}
+    for n in sizes:
+        print(f"\n### {n:,} clips: the batch stage\n", flush=True)
+        got[n] = bench_rerun(n, speakers_of(n), work / "rerun", parts, jobs, baseline=False)
+    import shutil
+
+    shutil.rmtree(work / "rerun", ignore_errors=True)
+    print("\n### The trainer's start-up\n", flush=True)
+    trainer = bench_trainer(sizes, 0, work / "trainer", None, ranks, speakers_of=speakers_of)
+    rows = [(label, {n: got[n].get(label) for n in sizes}) for label in got[sizes[0]]]
+    rows += [(label, {n: trainer.get((n, key)) for n in sizes}) for label, key in (
+        ("trainer: index from the tars (no cache), 1 rank", "uncached"),
+        ("trainer: start-up from the cached index, 1 rank", "cached"),
+        (f"trainer: {ranks} ranks, from the cache (max over ranks)", "ranks"),
+        (f"trainer: {ranks} ranks, no cache (max over ranks)", "ranks-uncached"))]
+    small, large = sizes[0], sizes[-1]
+    print(f"\n### {small:,} vs {large:,} clips\n")
+    print(f"| run | {small:,}: wall (s) | peak RSS (GB) | {large:,}: wall (s) | peak RSS (GB) | wall ratio | "
+          "RSS ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for label, by_size in rows:
+        a, b = by_size.get(small), by_size.get(large)
+        if not a or not b:
+            continue
+        print(f"| {label} | {a[0]:.1f} | {a[1]:.2f} | {b[0]:.1f} | {b[1]:.2f} | {b[0] / a[0]:.1f}× | "
+              f"{b[1] / a[1]:.2f}× |")
+    plans = [trainer.get((n, "plan")) for n in sizes]
+    if all(plans):
+        print(f"| trainer: epoch plan, µs per clip | {plans[0][1]:.2f} | — | {plans[-1][1]:.2f} | — | "
+              f"{plans[-1][1] / plans[0][1]:.2f}× per clip | — |")
 
 
 def bench_pipeline(sizes: list[int], work: Path) -> None:
@@ -368,12 +491,20 @@ def main() -> None:
     if len(sys.argv) >= 3 and sys.argv[1] == "--child-trainer":
         trainer_startup(sys.argv[2], "--uncached" not in sys.argv, "--ranks" in sys.argv)
         return
+    if len(sys.argv) == 3 and sys.argv[1] == "--child-merge":
+        merge_child(sys.argv[2])
+        return
     if len(sys.argv) >= 4 and sys.argv[1] == "--child":
         simulated_build(sys.argv[2], sys.argv[3], sys.argv[4:])
         return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--what", choices=["donors", "rerun", "pipeline", "trainer"], default="donors",
+    ap.add_argument("--what", choices=["donors", "rerun", "pipeline", "trainer", "voxceleb2"], default="donors",
                     help="what to measure")
+    ap.add_argument("--parts", type=int, default=0,
+                    help="rerun: then the SLURM route, this many parts and make shards-merge (voxceleb2: 64)")
+    ap.add_argument("--jobs", type=int, default=2, help="rerun: parts built at once")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="rerun: skip the history-free donor baseline (voxceleb2 skips it)")
     ap.add_argument("--before", default=None, help="trainer: a checkout of earlier code, timed as the baseline")
     ap.add_argument("--ranks", type=int, default=8, help="trainer: ranks of the one-node start-up")
     ap.add_argument("--keep", action="store_true", help="trainer: keep the simulated shards for the next run")
@@ -399,7 +530,10 @@ def main() -> None:
         return
     if a.what == "rerun":
         for n in a.clips or [153516]:
-            bench_rerun(n, a.speakers, Path(a.work))
+            bench_rerun(n, a.speakers, Path(a.work), a.parts, a.jobs, not a.no_baseline)
+        return
+    if a.what == "voxceleb2":
+        bench_voxceleb2(a.clips or [153516, 1128246], Path(a.work), a.parts or 64, a.jobs, a.ranks)
         return
     a.clips = a.clips or [5000, 20000, 153516]
     print("| donor choice | clips | seconds | µs per clip | clips whose donors change when 1% are added |")

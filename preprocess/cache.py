@@ -9,7 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 import numpy as np
@@ -55,47 +55,62 @@ def fingerprint(clip: Clip) -> str:
 class Stamps:
     """Content fingerprints remembered with each clip's stat stamp (size, mtime, inode): a rerun reads a file's
     bytes only when its stamp changed. For a frames folder the stamp is the folder's own (it changes when frames
-    are added, removed or renamed, not when one is rewritten in place). One table per part of a split run."""
+    are added, removed or renamed, not when one is rewritten in place). One table per part of a split run, kept
+    and matched as columns (a million clips are a few arrays, not a million tuples)."""
+
+    COLUMNS = ("rel", "size", "mtime_ns", "inode", "fingerprint")
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.known: dict[str, tuple] = {}
+        self.known = None  # the table of the last run
         if self.path.is_file():
             import pyarrow.parquet as pq
 
             try:
-                t = pq.read_table(self.path).to_pydict()
-                self.known = {r: (s, m, i, f) for r, s, m, i, f in
-                              zip(t["rel"], t["size"], t["mtime_ns"], t["inode"], t["fingerprint"])}
+                self.known = pq.read_table(self.path, columns=list(self.COLUMNS))
             except Exception:  # noqa: BLE001 - a damaged table only costs reading the files again
-                self.known = {}
-        self.now: dict[str, tuple] = {}
+                self.known = None
+        self.now = None  # the table to save
         self.read = 0  # clips whose content was read this run
 
-    def fingerprint(self, clip: Clip) -> str:
-        try:
-            st = os.stat(clip.path)
-            stamp = (st.st_size, st.st_mtime_ns, st.st_ino)
-        except OSError:
-            return fingerprint(clip)  # not remembered: tried again next run
-        old = self.known.get(clip.rel)
-        fp = old[3] if old and old[:3] == stamp else None
-        if fp is None:
-            fp = fingerprint(clip)
-            self.read += 1
-        self.now[clip.rel] = (*stamp, fp)
-        return fp
+    def fingerprints(self, clips: list[Clip]) -> list[str]:
+        """Each clip's content fingerprint, in order: the remembered one where the stamp is unchanged, else read
+        from the file. A clip that cannot be stat'ed is fingerprinted by its error and not remembered."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        stamp = np.full((len(clips), 3), -1, np.int64)
+        ok = np.zeros(len(clips), bool)
+        for i, c in enumerate(clips):
+            try:
+                st = os.stat(c.file)
+            except OSError:
+                continue
+            stamp[i], ok[i] = (st.st_size, st.st_mtime_ns, st.st_ino), True
+        rels = pa.array([c.rel for c in clips], pa.string())
+        fps: list[str | None] = [None] * len(clips)
+        hit = np.zeros(len(clips), bool)
+        if self.known is not None and len(clips):
+            rows = pc.index_in(rels, self.known["rel"]).fill_null(-1).to_numpy(zero_copy_only=False)
+            hit = ok & (rows >= 0)
+            known = np.stack([self.known[c].to_numpy(zero_copy_only=False).astype(np.int64)
+                              for c in ("size", "mtime_ns", "inode")], 1) if self.known.num_rows else stamp[:0]
+            hit[hit] = (known[rows[hit]] == stamp[hit]).all(1)
+            for i, fp in zip(np.flatnonzero(hit), self.known["fingerprint"].take(rows[hit]).to_pylist()):
+                fps[i] = fp
+        for i in np.flatnonzero(~hit):
+            fps[i] = fingerprint(clips[i])
+        self.read = int((ok & ~hit).sum())
+        unchanged = self.known is not None and self.read == 0 and int(ok.sum()) == self.known.num_rows
+        if not unchanged:
+            self.now = pa.table({"rel": rels.filter(ok), "size": stamp[ok, 0], "mtime_ns": stamp[ok, 1],
+                                 "inode": stamp[ok, 2],
+                                 "fingerprint": pa.array([f for f, good in zip(fps, ok) if good], pa.string())})
+        return fps
 
     def save(self) -> None:
-        if self.now == self.known:
-            return
-        import pyarrow as pa
-
-        rels = sorted(self.now)
-        table = pa.table({"rel": rels, "size": [self.now[r][0] for r in rels],
-                          "mtime_ns": [self.now[r][1] for r in rels], "inode": [self.now[r][2] for r in rels],
-                          "fingerprint": [self.now[r][3] for r in rels]})
-        write_table(self.path, table)
+        if self.now is not None:
+            write_table(self.path, self.now)
 
 
 def digest(*parts) -> str:
@@ -346,31 +361,60 @@ class StepCache:
     def open(self, key: str, h: str) -> NpzArrays:
         return NpzArrays(self.path(key, h))
 
-    def infos(self, wanted: dict[str, str]) -> dict[str, dict]:
+    def infos(self, wanted: dict[str, str]) -> InfoRecords:
         """key -> info of the output (key, hash) for every key in wanted (all must exist): from the index where
-        it holds that hash, else from the output file (and the index is updated)."""
+        it holds that hash (matched as columns), else from the output file (and the index is updated)."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        indexed: dict[str, tuple[str, str]] = {}
-        if self.index_path.is_file():
+        keys = pa.array(list(wanted), pa.string())
+        hashes = pa.array(list(wanted.values()), pa.string())
+        texts: list[str | None] = [None] * len(keys)
+        hit = np.zeros(len(keys), bool)
+        indexed_rows = -1
+        if self.index_path.is_file() and len(keys):
             try:
-                t = pq.read_table(self.index_path).to_pydict()
-                indexed = dict(zip(t["key"], zip(t["hash"], t["info"])))
+                t = pq.read_table(self.index_path, columns=["key", "hash", "info"])
+                rows = pc.index_in(keys, t["key"]).fill_null(-1).to_numpy(zero_copy_only=False)
+                hit = rows >= 0
+                hit[hit] = pc.equal(t["hash"].take(rows[hit]), hashes.filter(hit)).to_numpy(zero_copy_only=False)
+                for i, text in zip(np.flatnonzero(hit), t["info"].take(rows[hit]).to_pylist()):
+                    texts[i] = text
+                indexed_rows = t.num_rows
             except Exception:  # noqa: BLE001 - a damaged index only costs reading the outputs again
-                indexed = {}
-        out, texts, changed = {}, {}, False
-        for key, h in wanted.items():
-            hit = indexed.get(key)
-            if hit and hit[0] == h:
-                texts[key] = hit[1]
-            else:
-                with np.load(self.path(key, h), allow_pickle=False) as z:
-                    texts[key] = z["_info"].tobytes().decode()
-                changed = True
-            out[key] = json.loads(texts[key])
-        if changed or set(indexed) != set(wanted):
-            keys = sorted(wanted)
-            table = pa.table({"key": keys, "hash": [wanted[k] for k in keys], "info": [texts[k] for k in keys]})
-            write_table(self.index_path, table)
-        return out
+                texts, hit = [None] * len(keys), np.zeros(len(keys), bool)
+        for i in np.flatnonzero(~hit):
+            key = keys[i].as_py()
+            with np.load(self.path(key, wanted[key]), allow_pickle=False) as z:
+                texts[i] = z["_info"].tobytes().decode()
+        if not hit.all() or indexed_rows != len(keys):
+            order = pc.sort_indices(keys)
+            write_table(self.index_path, pa.table({"key": keys.take(order), "hash": hashes.take(order),
+                                                   "info": pa.array(texts, pa.string()).take(order)}))
+        return InfoRecords(dict(zip(wanted, texts)))
+
+
+class InfoRecords(MutableMapping):
+    """key -> a step output's info record, kept as its JSON text and parsed on each access: a parsed record
+    costs several times its text, and a run reads each record once or twice. Records set here (a failed job's)
+    are kept as given."""
+
+    def __init__(self, texts: dict[str, str | dict]):
+        self._records = texts
+
+    def __getitem__(self, key: str) -> dict:
+        record = self._records[key]
+        return json.loads(record) if isinstance(record, str) else record
+
+    def __setitem__(self, key: str, info: dict) -> None:
+        self._records[key] = info
+
+    def __delitem__(self, key: str) -> None:
+        del self._records[key]
+
+    def __iter__(self):
+        return iter(self._records)
+
+    def __len__(self) -> int:
+        return len(self._records)

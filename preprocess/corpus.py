@@ -5,28 +5,32 @@ import csv
 import hashlib
 import os
 import re
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 from pathlib import Path
 
 VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv"}
 FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Clip:
+    """One clip of the corpus. Slotted, its path kept as text: a million of them are held at once."""
     kind: str      # "video" (one file) or "frames" (a folder of numbered images)
-    path: Path     # absolute
+    file: str      # absolute path
     rel: str       # relative to the corpus root, for reports
     speaker: str
     video: str
     clip: str
+    key: str = field(init=False, compare=False, repr=False)
 
-    @cached_property
-    def key(self) -> str:
-        """Unique, stable, WebDataset-safe sample key (no dots): readable part + hash of the path."""
+    def __post_init__(self):
+        # unique, stable, WebDataset-safe sample key (no dots): readable part + hash of the path
         readable = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{self.speaker}-{self.video}-{self.clip}")[:80]
-        return f"{readable}-{hashlib.sha1(self.rel.encode()).hexdigest()[:8]}"
+        object.__setattr__(self, "key", f"{readable}-{hashlib.sha1(self.rel.encode()).hexdigest()[:8]}")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
 
 class CorpusError(ValueError):
@@ -79,11 +83,14 @@ def printable(text: str) -> str:
     return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-def walk_files(root: Path, rejects: list) -> list[Path]:
-    """Every file under root, following folder links but reporting (not following) one that leads to a folder
-    already scanned (a loop, or the same clips twice)."""
+def walk_files(root: Path, rejects: list) -> list[str]:
+    """Every file under root, as its path relative to root (text: no Path object per file), following folder
+    links but reporting (not following) one that leads to a folder already scanned (a loop, or the same clips
+    twice)."""
     files, seen = [], set()
-    for folder, dirs, names in os.walk(root, followlinks=True):
+    top = os.fspath(root)
+    cut = len(top.rstrip(os.sep)) + 1
+    for folder, dirs, names in os.walk(top, followlinks=True):
         st = os.stat(folder)
         if (st.st_dev, st.st_ino) in seen:
             rejects.append(_reject(printable(os.path.relpath(folder, root)),
@@ -93,25 +100,32 @@ def walk_files(root: Path, rejects: list) -> list[Path]:
             continue
         seen.add((st.st_dev, st.st_ino))
         dirs.sort()
+        prefix = folder[cut:] + os.sep if len(folder) >= cut else ""
         for d in dirs:
-            if Path(d).suffix.lower() in VIDEO_EXTENSIONS:
-                rel = printable(os.path.relpath(os.path.join(folder, d), root))
-                rejects.append(_reject(rel, "a folder named like a video (its contents are still scanned)"))
-        files += [Path(folder) / n for n in sorted(names)]
+            if os.path.splitext(d)[1].lower() in VIDEO_EXTENSIONS:
+                rejects.append(_reject(printable(prefix + d), "a folder named like a video (its contents are "
+                                                              "still scanned)"))
+        names.sort()
+        files += [prefix + n for n in names]
     return files
 
 
 def _videos_tree(root: Path):
     clips, rejects = [], []
-    for p in walk_files(root, rejects):
-        if p.suffix.lower() not in VIDEO_EXTENSIONS:
+    top = os.fspath(root)
+    shared: dict[str, str] = {}  # one string per speaker and per video, not one per clip
+    for relpath in walk_files(root, rejects):
+        stem, ext = os.path.splitext(relpath)
+        if ext.lower() not in VIDEO_EXTENSIONS:
             continue
-        parts = [printable(x) for x in p.relative_to(root).parts]
-        rel = "/".join(parts)
+        rel = printable(relpath)
+        parts = rel.split("/")
         if len(parts) < 3:
             rejects.append(_reject(rel, "not in the <speaker>/<video>/<clip> layout"))
             continue
-        clips.append(Clip("video", p, rel, parts[0], parts[-2], printable(p.stem)))
+        speaker, video = shared.setdefault(parts[0], parts[0]), shared.setdefault(parts[-2], parts[-2])
+        clips.append(Clip("video", os.path.join(top, relpath), rel, speaker, video,
+                          printable(os.path.basename(stem))))
     return clips, rejects
 
 
@@ -132,10 +146,11 @@ def _speaker_names(root: Path, meta_csv: str) -> dict[str, str]:
 def _frames_tree(root: Path, meta_csv: str):
     names = _speaker_names(root, meta_csv)
     clips, rejects = [], []
-    folders = sorted({p.parent for p in walk_files(root, rejects) if p.suffix.lower() in FRAME_EXTENSIONS})
+    folders = sorted({os.path.dirname(p) for p in walk_files(root, rejects)
+                      if os.path.splitext(p)[1].lower() in FRAME_EXTENSIONS})
     for folder in folders:
-        parts = tuple(printable(x) for x in folder.relative_to(root).parts)
-        rel = "/".join(parts)
+        rel = printable(folder)
+        parts = tuple(rel.split("/")) if rel else ()
         if "1.6" in parts and parts.index("1.6") >= 1 and len(parts) >= parts.index("1.6") + 3:
             i = parts.index("1.6")
             name, video, clip = parts[i - 1], parts[i + 1], "_".join(parts[i + 2:])
@@ -144,7 +159,7 @@ def _frames_tree(root: Path, meta_csv: str):
         else:
             rejects.append(_reject(rel, "frame folder not in the <Name>/1.6/<ytid>/<clip> layout"))
             continue
-        clips.append(Clip("frames", folder, rel, names.get(name, name), video, clip))
+        clips.append(Clip("frames", os.path.join(root, folder), rel, names.get(name, name), video, clip))
     return clips, rejects
 
 
@@ -163,7 +178,7 @@ def _csv_list(path: Path):
             p = Path(raw) if Path(raw).is_absolute() else (path.parent / raw)
             kind = "frames" if p.is_dir() else "video"
             video = (row.get("video") or "").strip() or p.parent.name
-            clips.append(Clip(kind, p.resolve(), raw, speaker, video, p.stem if kind == "video" else p.name))
+            clips.append(Clip(kind, str(p.resolve()), raw, speaker, video, p.stem if kind == "video" else p.name))
     return clips, rejects
 
 

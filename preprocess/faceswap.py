@@ -73,6 +73,7 @@ def sticky_donor_clips(clips: list[tuple[str, str]], previous: dict[str, list[st
 
 def read_donor_table(path: Path, seed: int, k: int) -> dict[str, list[str]]:
     """The donors of the previous run (key -> donor keys), if it used this seed and k; else {}."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -82,7 +83,18 @@ def read_donor_table(path: Path, seed: int, k: int) -> dict[str, list[str]]:
         meta = t.schema.metadata or {}
         if meta.get(b"seed") != str(seed).encode() or meta.get(b"k") != str(k).encode():
             return {}
-        return dict(zip(t.column("key").to_pylist(), t.column("donors").to_pylist()))
+        # each key as one string, not one per mention (a clip is named as a donor ~k times)
+        donors = t.column("donors").combine_chunks()
+        encoded = pc.dictionary_encode(pc.list_flatten(donors))
+        names = np.array(encoded.dictionary.to_pylist(), object)
+        one = {name: name for name in names}
+        mentions = encoded.indices.to_numpy(zero_copy_only=False)
+        ends = np.cumsum(pc.list_value_length(donors).to_numpy(zero_copy_only=False)).tolist()
+        out, start = {}, 0
+        for key, end in zip(t.column("key").to_pylist(), ends):
+            out[one.get(key, key)] = names[mentions[start:end]].tolist()
+            start = end
+        return out
     except Exception:  # noqa: BLE001 - a damaged table: donors are chosen afresh
         return {}
 

@@ -203,8 +203,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     plan = Plan(clips)
     opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
     stamps = Stamps(cache_root / f"stamps-{part_name(cfg.part)}.parquet")
-    for c in clips:
-        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], stamps.fingerprint(c), opts["faces"])
+    for c, fp in zip(clips, stamps.fingerprints(clips)):
+        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], fp, opts["faces"])
     stamps.save()
     work["content_read"] = stamps.read
     timings["discover"] = time.perf_counter() - t
@@ -221,8 +221,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     work["faces"] = len(todo)
     if todo:
         caches["faces"].prune(plan.faces)
-    infos = {**caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed}),
-             **crashed}
+    infos = caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed})
+    infos.update(crashed)
     usable = [c for c in clips if not infos[c.key]["failed"]]
     timings["faces"] = time.perf_counter() - t
 
@@ -251,13 +251,15 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
         jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
                  {d: caches["faces"].path(d, plan.faces[d]) for d in donors[c.key]}) for c in todo]
-        by_key = {c.key: c for c in usable}
+        by_key = {c.key: c for c in todo}
+        swap_failed = set()
         for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
                                cache_root / "logs"):
             if isinstance(r, Failure):  # the clip sits out this run (its faces info kept); tried again next time
                 infos[job[0]] = {**infos[job[0]], "failed": True,
                                  "rejects": infos[job[0]]["rejects"] + [reject(by_key[job[0]], "faceswap", r.reason)]}
-        usable = [c for c in usable if not infos[c.key]["failed"]]
+                swap_failed.add(job[0])
+        usable = [c for c in usable if c.key not in swap_failed]
         work["faceswap"] = len(todo)
         if todo:
             caches["faceswap"].prune(plan.faceswap)
@@ -292,15 +294,19 @@ def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, pa
     from preprocess.schema import MANIFEST
 
     drops: dict[str, int] = {}
-    for info in infos.values():
+    failed, sampled, kept = [], 0, 0
+    for c in clips:  # one pass: each record is parsed on access
+        info = infos[c.key]
         for reason, n in info["drops"].items():
             drops[reason] = drops.get(reason, 0) + n
-    failed = [(c.rel, next((r["reason"] for r in infos[c.key]["rejects"] if r["frame"] == -1), "?"))
-              for c in clips if infos[c.key]["failed"]]
-    swap_made = sum(info["composites"] for info in swap_infos.values())
-    swap_skipped = sum(len(info["donors"]) - info["made"] for info in swap_infos.values())  # frames without any
+        sampled, kept = sampled + info["sampled"], kept + info["kept"]
+        if info["failed"]:
+            failed.append((c.rel, next((r["reason"] for r in info["rejects"] if r["frame"] == -1), "?")))
+    swap_made = swap_skipped = 0
     coverage = {name: {"frames": 0, "with_composite": 0} for name, _ in MOUTH_BINS}
     for info in swap_infos.values():
+        swap_made += info["composites"]
+        swap_skipped += len(info["donors"]) - info["made"]  # frames without any composite
         for name, (frames, covered) in info.get("coverage", {}).items():
             coverage[name]["frames"] += frames
             coverage[name]["with_composite"] += covered
@@ -312,8 +318,7 @@ def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, pa
         "clips": len(clips), "clips_usable": len(clips) - len(failed), "clips_failed": len(failed),
         "failed": [{"source": s, "reason": r} for s, r in failed],
         "unplaced_files": len(discover_rejects),
-        "frames_sampled": sum(i["sampled"] for i in infos.values()),
-        "frames_kept": sum(i["kept"] for i in infos.values()),
+        "frames_sampled": sampled, "frames_kept": kept,
         "frames_dropped": drops,
         "composites": swap_made, "composites_skipped": swap_skipped,
         "composite_coverage": {"by_mouth_opening": coverage, "bins": {n: lo for n, lo in MOUTH_BINS},

@@ -205,6 +205,57 @@ def test_donor_table_round_trip_and_option_change(tmp_path):
     assert read_donor_table(path, 3, 2) == {}
 
 
+def test_stamps_read_only_changed_files_and_forget_missing_ones(tmp_path):
+    import os
+
+    from preprocess.cache import Stamps
+    from preprocess.corpus import Clip
+
+    files = []
+    for i in range(3):
+        f = tmp_path / f"c{i}.mp4"
+        f.write_bytes(bytes([i]) * 100)
+        files.append(Clip("video", str(f), f"s/v/c{i}.mp4", "s", "v", f"c{i}"))
+    table = tmp_path / "stamps.parquet"
+    first = Stamps(table)
+    fps = first.fingerprints(files)
+    first.save()
+    assert first.read == 3 and len(set(fps)) == 3
+
+    again = Stamps(table)
+    assert again.fingerprints(files) == fps and again.read == 0 and again.now is None  # nothing to rewrite
+    files[1].path.write_bytes(b"x" * 101)  # changed size: read again
+    os.utime(files[2].path, ns=(1, 1))     # changed mtime, same bytes: read again, same fingerprint
+    changed = Stamps(table)
+    new = changed.fingerprints(files)
+    assert changed.read == 2 and new[0] == fps[0] and new[1] != fps[1] and new[2] == fps[2]
+    changed.save()
+
+    files[0].path.unlink()  # gone: fingerprinted by its error, not remembered
+    gone = Stamps(table)
+    gone_fps = gone.fingerprints(files)
+    gone.save()
+    assert gone.read == 0 and gone_fps[1:] == new[1:] and gone_fps[0] != fps[0]
+    assert Stamps(table).known.column("rel").to_pylist() == ["s/v/c1.mp4", "s/v/c2.mp4"]
+
+
+def test_step_infos_come_from_the_index_and_a_new_hash_from_its_file(tmp_path):
+    from preprocess.cache import StepCache
+
+    cache = StepCache(tmp_path, "faces")
+    for key, h, n in (("a", "h1", 1), ("b", "h1", 2), ("b", "h2", 3)):
+        cache.save(key, h, {"x": np.zeros(1)}, {"sampled": n})
+    assert dict(cache.infos({"a": "h1", "b": "h1"})) == {"a": {"sampled": 1}, "b": {"sampled": 2}}
+    cache.path("a", "h1").unlink()  # indexed: its output file is not opened
+    assert dict(cache.infos({"a": "h1", "b": "h1"})) == {"a": {"sampled": 1}, "b": {"sampled": 2}}
+    records = cache.infos({"a": "h1", "b": "h2"})  # b's new hash: read from its file, the index updated
+    assert records["b"] == {"sampled": 3}
+    cache.path("b", "h2").unlink()
+    assert cache.infos({"b": "h2"})["b"] == {"sampled": 3}
+    records["a"] = {"sampled": 0, "failed": True}  # a failed job's record, kept as given
+    assert records["a"]["failed"] and len(records) == 2
+
+
 def test_build_help_lists_every_option(capsys):
     import dataclasses
 
