@@ -3,6 +3,8 @@
     python bench/bench_scale.py --what donors [--clips 5000 20000 153516] [--speakers 1251]
     python bench/bench_scale.py --what rerun [--clips 153516] [--work /tmp/scale]
     python bench/bench_scale.py --what pipeline [--clips 500 4000] [--work /tmp/scale]
+    python bench/bench_scale.py --what trainer [--clips 153516 1128246] [--ranks 8] [--before DIR]
+    python bench/bench_scale.py --what voxceleb2 [--clips 153516 1128246] [--parts 64] [--work /tmp/scale]
 
 donors: FaceSwap donor choice for every clip, as a rerun does it: the hash ring at each size, alone
 (sticky_donors=false) and keeping remembered donors (the default), against the previous ranking of every other
@@ -14,7 +16,10 @@ rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simula
 region and FaceSwap work replaced by stand-ins of 2 frames per clip; everything else real: discovery, stamps,
 hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
 changed, and a rerun after adding 1% of clips, then the same addition with sticky_donors=false (on a copy of the
-state before it: the baseline); each in its own process, wall time and peak RSS.
+state before it: the baseline); each in its own process, wall time and peak RSS. With --parts N, then the SLURM
+route: parts part=i/N built as separate processes (--jobs at once) sharing the whole build's step cache (as the
+parts of one SHARDS folder do: faces and region outputs are found there, FaceSwap with donors from the part's own
+clips and packing are done anew), and `make shards-merge`.
 
 trainer: the trainer's start-up at each size (default VoxCeleb1's 153,516 and VoxCeleb2's 1,128,246 clips of
 6,112 speakers) on simulated shards: the whole manifest (a row per frame, ~33 frames per clip, every column as
@@ -23,6 +28,10 @@ index reads only headers). In processes of their own, the real code: the shard i
 from its cache, the epoch plan (µs per clip), and 8 gloo ranks starting as a node's ranks do (rank 0 builds the
 index from the cache, the others receive it; each rank plans the epoch): wall time and peak RSS per rank. With
 --before DIR (a checkout of an earlier commit) the same single-rank start-up of that code, as the baseline.
+
+voxceleb2: issue 20's table in one run: at VoxCeleb1's and VoxCeleb2's sizes (1,251 and 6,112 speakers, 7 clips
+to a video) the rerun runs without the baseline, the 64-part route and its merge, then the trainer's start-up;
+then the two sizes side by side (wall and peak-RSS ratios).
 
 pipeline: the real `make shards` (decode, mediapipe, alignment, landmark region descriptor, FaceSwap, packing;
 all CPUs) on N clips of 1 s (20 synthetic clips hard-linked under N paths of 250 speakers): time per clip at
@@ -57,10 +66,14 @@ def sticky(clips: list[tuple[str, str]], seed: int, k: int, previous: dict) -> d
     return sticky_donor_clips(clips, previous, seed, k, corpus={key for key, _ in clips})[0]
 
 
+CLIPS_PER_VIDEO = 7  # VoxCeleb1: 153,516 clips of 22,496 videos; VoxCeleb2: 1,128,246 of 150,480
+
+
 def corpus(n: int, speakers: int, offset: int = 0) -> list[tuple[str, str]]:
-    return [(f"id{1 + i % speakers:05d}-yt{i // speakers:06d}-00001-"
-             f"{hashlib.sha1(str(i).encode()).hexdigest()[:8]}", f"id{1 + i % speakers:05d}")
-            for i in range(offset, offset + n)]
+    """(id-ytid-n-hash, speaker) of clips i = offset.., speakers in turn, 7 clips to a video as in VoxCeleb."""
+    return [(f"id{1 + i % speakers:05d}-yt{i // speakers // CLIPS_PER_VIDEO:06d}-"
+             f"{1 + i // speakers % CLIPS_PER_VIDEO:05d}-{hashlib.sha1(str(i).encode()).hexdigest()[:8]}",
+             f"id{1 + i % speakers:05d}") for i in range(offset, offset + n)]
 
 
 def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
@@ -153,7 +166,7 @@ def simulated_trainer_shards(root: Path, n: int, speakers: int, per_shard: int =
             frames = 17 + (ids * 7) % 33  # 17..49, mean 33: VoxCeleb2's ~7.8 s at 25/6 fps
             per_clip = pa.table({"key": keys, "speaker": [s for _, s in clips],
                                  "video": [k.split("-")[1] for k in keys], "clip": ["00001"] * len(keys),
-                                 "source": [f"{s}/{k.split('-')[1]}/{k.split('-')[3]}.mp4" for k, s in clips],
+                                 "source": [f"{s}/{k.split('-')[1]}/{k.split('-')[2]}.mp4" for k, s in clips],
                                  "shard": shard, "sample_hash": [k[-8:] * 2 for k in keys],
                                  "donor": [k for k, _ in corpus(len(clips), speakers, offset=lo + 1)]})
             row_clip = np.repeat(np.arange(len(clips)), frames)
@@ -307,7 +320,7 @@ def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | Non
 
 def make_tree(root: Path, clips: list[tuple[str, str]]) -> None:
     for key, speaker in clips:
-        path = root / speaker / key.split("-")[1] / f"{key.split('-')[-1]}.mp4"
+        path = root / speaker / key.split("-")[1] / f"{key.split('-')[2]}.mp4"  # <id>/<ytid>/<n>.mp4
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(key.encode())
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from preprocess import faceswap as fs
-from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest
+from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest_items, digest_of
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, part_name, select_part
 from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
@@ -32,6 +33,11 @@ class Plan:
     faces: dict = field(default_factory=dict)
     region: dict = field(default_factory=dict)
     faceswap: dict = field(default_factory=dict)
+
+
+def step_hash(step: str, opts: dict) -> Callable[..., str]:
+    """A step's output hash from its inputs: digest(step, its version, *inputs, its options)."""
+    return digest_of(step, STEP_VERSIONS[step], tail=(opts[step],))
 
 
 def output_dir(shards: Path, part: str) -> Path:
@@ -203,8 +209,9 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     plan = Plan(clips)
     opts = {s: step_options(cfg, s) for s in ("faces", "region", "faceswap", "pack")}
     stamps = Stamps(cache_root / f"stamps-{part_name(cfg.part)}.parquet")
+    faces_hash = step_hash("faces", opts)
     for c, fp in zip(clips, stamps.fingerprints(clips)):
-        plan.faces[c.key] = digest("faces", STEP_VERSIONS["faces"], fp, opts["faces"])
+        plan.faces[c.key] = faces_hash(fp)
     stamps.save()
     work["content_read"] = stamps.read
     timings["discover"] = time.perf_counter() - t
@@ -214,22 +221,25 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     t = time.perf_counter()
     todo = [c for c in clips if not caches["faces"].has(c.key, plan.faces[c.key])]
     jobs = [(c, cfg, cache_root, plan.faces[c.key]) for c in todo]
-    crashed = {job[0].key: failed_info(job[0], r.reason)
-               for job, r in _run_jobs(_faces_job, jobs, cfg, "faces", lambda info: info["sampled"],
-                                       cache_root / "logs")
-               if isinstance(r, Failure)}
+    crashed, written = {}, {}  # written: the info records of this run's outputs, not read back from them
+    for job, r in _run_jobs(_faces_job, jobs, cfg, "faces", lambda info: info["sampled"], cache_root / "logs"):
+        if isinstance(r, Failure):
+            crashed[job[0].key] = failed_info(job[0], r.reason)
+        else:
+            written[job[0].key] = json.dumps(r)
     work["faces"] = len(todo)
     if todo:
         caches["faces"].prune(plan.faces)
-    infos = caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed})
+    infos = caches["faces"].infos({c.key: plan.faces[c.key] for c in clips if c.key not in crashed}, written)
     infos.update(crashed)
     usable = [c for c in clips if not infos[c.key]["failed"]]
     timings["faces"] = time.perf_counter() - t
 
     # region: MaskFN descriptors
     t = time.perf_counter()
+    region_hash = step_hash("region", opts)
     for c in usable:
-        plan.region[c.key] = digest("region", STEP_VERSIONS["region"], plan.faces[c.key], opts["region"])
+        plan.region[c.key] = region_hash(plan.faces[c.key])
     todo = [c for c in usable if not caches["region"].has(c.key, plan.region[c.key])]
     work["region"] = embed_regions(todo, plan, cfg, caches) if todo else 0
     if todo:
@@ -245,25 +255,27 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
                                                    cfg.swap_tries, corpus={c.key for c in part_clips})
         if remembered != previous:
             fs.write_donor_table(out / DONOR_TABLE, remembered, cfg.swap_seed, cfg.swap_tries)
+        faceswap_hash = step_hash("faceswap", opts)
         for c in usable:
-            plan.faceswap[c.key] = digest("faceswap", STEP_VERSIONS["faceswap"], plan.faces[c.key],
-                                          [plan.faces[d] for d in donors[c.key]], opts["faceswap"])
+            plan.faceswap[c.key] = faceswap_hash(plan.faces[c.key], [plan.faces[d] for d in donors[c.key]])
         todo = [c for c in usable if not caches["faceswap"].has(c.key, plan.faceswap[c.key])]
         jobs = [(c.key, plan.faceswap[c.key], cfg, cache_root, caches["faces"].path(c.key, plan.faces[c.key]),
                  {d: caches["faces"].path(d, plan.faces[d]) for d in donors[c.key]}) for c in todo]
         by_key = {c.key: c for c in todo}
-        swap_failed = set()
+        swap_failed, written = set(), {}
         for job, r in _run_jobs(_swap_job, jobs, cfg, "faceswap", lambda info: len(info["donors"]),
                                cache_root / "logs"):
             if isinstance(r, Failure):  # the clip sits out this run (its faces info kept); tried again next time
                 infos[job[0]] = {**infos[job[0]], "failed": True,
                                  "rejects": infos[job[0]]["rejects"] + [reject(by_key[job[0]], "faceswap", r.reason)]}
                 swap_failed.add(job[0])
+            else:
+                written[job[0]] = json.dumps(r)
         usable = [c for c in usable if c.key not in swap_failed]
         work["faceswap"] = len(todo)
         if todo:
             caches["faceswap"].prune(plan.faceswap)
-        swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable})
+        swap_infos = caches["faceswap"].infos({c.key: plan.faceswap[c.key] for c in usable}, written)
         if todo or not (out / SWAP_SHEET).is_file():
             write_contact_sheet(out / SWAP_SHEET, usable, plan, caches, swap_infos, cfg.swap_seed)
     else:
@@ -274,8 +286,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
 
     # pack: shards + manifest
     t = time.perf_counter()
-    pack_hash = digest("pack", [(c.key, plan.faces[c.key], plan.region[c.key], plan.faceswap[c.key])
-                                for c in usable], opts["pack"])
+    pack_hash = digest_items(("pack",), ((c.key, plan.faces[c.key], plan.region[c.key], plan.faceswap[c.key])
+                                         for c in usable), (opts["pack"],))
     if pack_is_current(out, pack_hash):
         packed = None
         work["pack"] = 0
@@ -306,7 +318,7 @@ def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, pa
     coverage = {name: {"frames": 0, "with_composite": 0} for name, _ in MOUTH_BINS}
     for info in swap_infos.values():
         swap_made += info["composites"]
-        swap_skipped += len(info["donors"]) - info["made"]  # frames without any composite
+        swap_skipped += info["frames"] - info["made"]  # frames without any composite
         for name, (frames, covered) in info.get("coverage", {}).items():
             coverage[name]["frames"] += frames
             coverage[name]["with_composite"] += covered

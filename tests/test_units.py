@@ -252,8 +252,15 @@ def test_step_infos_come_from_the_index_and_a_new_hash_from_its_file(tmp_path):
     assert records["b"] == {"sampled": 3}
     cache.path("b", "h2").unlink()
     assert cache.infos({"b": "h2"})["b"] == {"sampled": 3}
+    written = cache.infos({"b": "h2", "c": "h1"}, {"c": '{"sampled": 4}'})  # as this run's jobs returned it
+    assert written["c"] == {"sampled": 4} and cache.infos({"c": "h1"})["c"] == {"sampled": 4}  # now indexed
     records["a"] = {"sampled": 0, "failed": True}  # a failed job's record, kept as given
     assert records["a"]["failed"] and len(records) == 2
+
+    swaps = StepCache(tmp_path, "faceswap")  # per-frame donors: the index keeps their count, the file the list
+    swaps.save("a", "h1", {"x": np.zeros(1)}, {"donors": ["b/1", "", "c/2"], "made": 2})
+    assert swaps.infos({"a": "h1"})["a"] == {"frames": 3, "made": 2}
+    assert swaps.infos({"a": "h1"})["a"] == {"frames": 3, "made": 2} and swaps.load("a", "h1")[1]["donors"][0] == "b/1"
 
 
 def test_build_help_lists_every_option(capsys):
@@ -266,3 +273,39 @@ def test_build_help_lists_every_option(capsys):
         main(["build", "--help"])
     out = capsys.readouterr().out
     assert all(f"  {f.name} (default" in out for f in dataclasses.fields(ShardsConfig))
+
+
+def test_shard_writer_writes_what_webdataset_writes(tmp_path):
+    """The batch stage writes tars with tarfile (not importing webdataset, hence torch); the bytes must stay
+    webdataset's, long (PAX) member names included."""
+    import io
+
+    import webdataset as wds
+
+    from preprocess.pack import ShardWriter
+
+    samples = [{"__key__": "id00001-v-00001-abcd_w0", "meta.json": b'{"a": 1}', "time.npy": bytes(40),
+                "faces.jpgs": b"x" * 1000}, {"__key__": "k" * 120, "meta.json": b"{}"}]
+    writer = ShardWriter(tmp_path, 1e9)
+    for sample in samples:
+        writer.write(sample)
+    writer.close()
+    expected = io.BytesIO()
+    tar = wds.TarWriter(expected, encoder=False, mtime=0)
+    for sample in samples:
+        tar.write(sample)
+    tar.close()
+    assert (tmp_path / writer.written[0]).read_bytes() == expected.getvalue()
+
+
+def test_digests_of_many_inputs_equal_the_plain_digest():
+    from preprocess.cache import digest, digest_items, digest_of
+
+    opts = {"b": 2.5, "a": [1, "x"], "c": None}
+    assert digest_of("faces", 1, tail=(opts,))("0123abcd") == digest("faces", 1, "0123abcd", opts)
+    assert digest_of("faceswap", 3, tail=(opts,))("f", ["d1", "d2"]) == digest("faceswap", 3, "f", ["d1", "d2"], opts)
+    assert digest_of("faceswap", 3, tail=(opts,))("f", []) == digest("faceswap", 3, "f", [], opts)
+    assert digest_of()("a", "b", 'q"\\é') == digest("a", "b", 'q"\\é')
+    items = [("k1", "h1", "h2", ""), ("k2", "h3", "h4", "h5")]
+    assert digest_items(("pack",), iter(items), (opts,)) == digest("pack", items, opts)
+    assert digest_items(("pack",), [], (opts,)) == digest("pack", [], opts)
