@@ -385,7 +385,8 @@ def test_merge_validates_parts_and_handles_empty_ones(good_corpus, tmp_path):
         merge_parts(shards)
 
 
-def test_packing_is_incremental(good_corpus, tmp_path, photos):
+def test_packing_is_incremental(good_corpus, tmp_path, photos, monkeypatch):
+    monkeypatch.setattr("preprocess.pack.ROWS_PER_FLUSH", 7)  # manifests streamed in many row groups
     corpus = tmp_path / "corpus"
     shutil.copytree(good_corpus, corpus)
     shards = tmp_path / "s"
