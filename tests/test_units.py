@@ -155,6 +155,27 @@ def test_donors_are_k_clips_of_other_speakers_and_few_change_when_clips_are_adde
     assert choose_donor_clips(clips, 1, 5) != donors  # the seed matters
 
 
+def test_donors_follow_the_ring_walk_where_one_speaker_crowds_it():
+    """The vectorised choice against the rule walked clip by clip: the first k clips of other speakers after
+    the clip's seeded point, round the ring; a speaker holding long runs of the ring (and too few others)
+    sends the choice down its walk-on path."""
+    from preprocess.faceswap import _score, choose_donor_clips
+
+    def walk(clips, seed, k):
+        ring = sorted((_score(seed, "ring", key), key, s) for key, s in clips)
+        out = {}
+        for key, s in clips:
+            start = sum(point <= _score(seed, "donor", key) for point, _, _ in ring)
+            others = [ring[(start + j) % len(ring)] for j in range(len(ring))]
+            out[key] = [other for _, other, o in others if o != s][:k]
+        return out
+
+    crowded = [(f"a{i}", "A") for i in range(300)] + [(f"b{i}", "B") for i in range(3)]
+    for clips in (_donor_corpus(500, 7), crowded, _donor_corpus(4, 2)):
+        for k in (1, 5, 12):
+            assert choose_donor_clips(clips, 3, k) == walk(clips, 3, k)
+
+
 def test_sticky_donors_keep_existing_choices_and_replace_only_removed_donors():
     from preprocess.faceswap import choose_donor_clips, sticky_donor_clips
 
