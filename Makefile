@@ -58,7 +58,8 @@ help:
 	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
-	@echo "make bench-scale                the batch stage's bookkeeping at VoxCeleb1's size (simulated clips)"
+	@echo "make bench-scale                the batch stage's bookkeeping at VoxCeleb1's size (simulated clips;"
+	@echo "                                ARGS=\"--what voxceleb2\": both sizes, every run, the trainer's start-up)"
 	@echo "make bench-batches              simulate batch make-up and shuffling at full size (bookkeeping only)"
 	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help"
 
