@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,14 +225,21 @@ def manifest_file(shards_dir: str | Path):
     return file
 
 
+@contextmanager
+def reading_manifest(shards_dir: str | Path):
+    """A damaged manifest found while reading it (pyarrow raises several types) becomes a SchemaError."""
+    try:
+        yield
+    except Exception as e:  # noqa: BLE001
+        raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
+
+
 def read_manifest(shards_dir: str | Path, columns: list[str] | None = None):
     """The manifest as a pyarrow Table (only `columns` when given), after checking the folder is usable shards
     of this schema. A frame per row: at VoxCeleb2 size that is 37 M rows; the trainer reads manifest_clips."""
     file = manifest_file(shards_dir)
-    try:
+    with reading_manifest(shards_dir):
         return file.read(columns=columns)
-    except Exception as e:
-        raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
 
 
 def manifest_clips(shards_dir: str | Path, batch_rows: int = 1 << 20) -> dict:
@@ -245,7 +253,7 @@ def manifest_clips(shards_dir: str | Path, batch_rows: int = 1 << 20) -> dict:
     names = ("key", "speaker", "source", "shard")
     heads: dict[str, list] = {c: [] for c in names}
     composites = []
-    try:
+    with reading_manifest(shards_dir):
         for batch in file.iter_batches(batch_size=batch_rows, columns=[*names, "has_swap"]):
             key = batch.column("key")
             change = pc.not_equal(key.slice(1), key.slice(0, len(key) - 1)).to_numpy(zero_copy_only=False)
@@ -254,8 +262,6 @@ def manifest_clips(shards_dir: str | Path, batch_rows: int = 1 << 20) -> dict:
                 heads[c].append(batch.column(c).take(first))
             swaps = batch.column("has_swap").fill_null(False).to_numpy(zero_copy_only=False)
             composites.append(np.add.reduceat(swaps.astype(np.int64), first))
-    except Exception as e:
-        raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
     # a clip cut by a batch boundary (or, in a hand-made manifest, not consecutive) appears more than once
     coded = pc.dictionary_encode(pa.concat_arrays(heads["key"]))
     ids = coded.indices.to_numpy()
@@ -284,9 +290,7 @@ def shard_paths(shards_dir: str | Path, manifest=None) -> list[Path]:
         names = set(pc.unique(manifest["shard"] if isinstance(manifest, dict) else manifest.column("shard")).to_pylist())
     else:
         file, names = manifest_file(shards_dir), set()
-        try:
+        with reading_manifest(shards_dir):
             for batch in file.iter_batches(batch_size=1 << 20, columns=["shard"]):
                 names.update(pc.unique(batch.column("shard")).to_pylist())
-        except Exception as e:
-            raise SchemaError(f"{Path(shards_dir) / MANIFEST}: unreadable ({e})") from None
     return [Path(shards_dir) / n for n in sorted(names)]
