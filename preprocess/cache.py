@@ -8,17 +8,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import threading
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 
 import numpy as np
 
 from preprocess.corpus import Clip, part_name
+from preprocess.npz import NpzArrays, load_npz, save_npz_bytes
 
 _SAMPLE = 1 << 16
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def _file_digest(path: Path, h) -> None:
@@ -142,10 +141,16 @@ def digest_items(head: tuple, items: Iterable, tail: tuple = ()) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """data as path's new content, or path untouched: written under a name of this process and thread, then
+    renamed (a leftover of a killed writer with the same name is overwritten, never read)."""
+    tmp = f"{path.parent}/.{path.name}.{os.getpid()}-{threading.get_ident()}.tmp"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual permissions
+        fd = os.open(tmp, flags, 0o666)  # the umask applies, as to any new file
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, 0o666)
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
@@ -166,11 +171,7 @@ def write_table(path: Path, table) -> None:
 
 def save_npz(path: Path, arrays: dict, info: dict) -> None:
     """Arrays plus a JSON-able `info` dict, written atomically (no pickle)."""
-    import io
-
-    buf = io.BytesIO()
-    np.savez(buf, _info=np.frombuffer(json.dumps(info).encode(), np.uint8), **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, save_npz_bytes(arrays, info))
 
 
 def _alive(pid: int) -> bool:
@@ -309,44 +310,6 @@ class ArrayWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def load_npz(path: Path) -> tuple[dict, dict]:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files if k != "_info"}
-        info = json.loads(z["_info"].tobytes())
-    return arrays, info
-
-
-class NpzArrays(Mapping):
-    """The arrays of a step output, each read on first access: a step that needs a few of a file's arrays
-    (FaceSwap: a donor's landmarks, and its faces only if it fits) reads only those. Close it, or use `with`."""
-
-    def __init__(self, path: Path):
-        self._file = np.load(path, allow_pickle=False)
-        self._read: dict[str, np.ndarray] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        if name == "_info":
-            raise KeyError(name)
-        if name not in self._read:
-            self._read[name] = self._file[name]
-        return self._read[name]
-
-    def __iter__(self):
-        return (name for name in self._file.files if name != "_info")
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 # per-frame lists of a step's info record that its index keeps only as their length (key -> name of the count):
 # the whole record stays in the output file; at ~33 frames a clip (~2 KB of FaceSwap donors) these lists would be
 # most of a rerun's memory at VoxCeleb2 size
@@ -433,8 +396,8 @@ class StepCache:
             if key in written:
                 texts[i] = self._indexed(written[key])
                 continue
-            with np.load(self.path(key, wanted[key]), allow_pickle=False) as z:
-                texts[i] = self._indexed(z["_info"].tobytes().decode())
+            with NpzArrays(self.path(key, wanted[key])) as z:
+                texts[i] = self._indexed(z.info_text())
         if not hit.all() or indexed_rows != len(keys):
             order = pc.sort_indices(keys)
             table = pa.table({"key": keys.take(order), "hash": hashes.take(order),

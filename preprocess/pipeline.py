@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 
 from preprocess import faceswap as fs
-from preprocess.cache import NpzArrays, Stamps, StepCache, atomic_write_bytes, digest_items, digest_of
+from preprocess.cache import Stamps, StepCache, atomic_write_bytes, digest_items, digest_of
 from preprocess.config import step_options, to_toml
 from preprocess.corpus import Clip, find_clips, part_name, select_part
 from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
 from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
+from preprocess.npz import NpzArrays
 from preprocess.progress import progress
 from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig

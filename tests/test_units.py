@@ -330,3 +330,55 @@ def test_digests_of_many_inputs_equal_the_plain_digest():
     items = [("k1", "h1", "h2", ""), ("k2", "h3", "h4", "h5")]
     assert digest_items(("pack",), iter(items), (opts,)) == digest("pack", items, opts)
     assert digest_items(("pack",), [], (opts,)) == digest("pack", [], opts)
+
+
+def test_tar_members_are_tarfiles_bytes():
+    """The hand-made ustar header equals tarfile's (PAX format, webdataset's fields) at every name length."""
+    import tarfile
+
+    from preprocess.pack import tar_member
+
+    for name in ["a.json", "id00001-yt000001-00001-0123abcd_w0.faces.idx.npy", "k" * 99, "k" * 100, "k" * 150,
+                 "é.meta.json"]:
+        for data in (b"", b"x", bytes(range(256)) * 3):
+            member = tarfile.TarInfo(name)
+            member.size, member.mtime, member.mode, member.uname, member.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+            expected = member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + data + bytes(-len(data) % 512)
+            assert tar_member(name, data) == expected, (name, len(data))
+
+
+def test_npz_files_round_trip_through_numpy(tmp_path):
+    """Step outputs written here load with np.load, and np.savez's files (stored or compressed) load here, with
+    every dtype, shape and memory order kept."""
+    import io
+    import json
+
+    from preprocess.npz import NpzArrays, load_npz, save_npz_bytes
+
+    rng = np.random.default_rng(0)
+    arrays = {"landmarks": rng.normal(size=(2, 478, 2)).astype(np.float16), "time": np.arange(3.0),
+              "empty": np.zeros((0, 4), np.int8), "scalar": np.array(7), "flags": np.array([True, False]),
+              "fortran": np.asfortranarray(rng.normal(size=(3, 5))), "big_endian": np.arange(4, dtype=">i4"),
+              "text": np.array(["ab", "c"]), "large": np.arange(40_000, dtype=np.float32).reshape(200, 200)}
+    ours = tmp_path / "ours.npz"
+    ours.write_bytes(save_npz_bytes(arrays, {"made": 3}))
+    with np.load(ours, allow_pickle=False) as z:
+        assert json.loads(z["_info"].tobytes()) == {"made": 3}
+        for name, a in arrays.items():
+            assert z[name].dtype == a.dtype and np.array_equal(z[name], a)
+    files = [ours]
+    for savez in (np.savez, np.savez_compressed):
+        buf = io.BytesIO()
+        savez(buf, _info=np.frombuffer(b'{"made": 3}', np.uint8), **arrays)
+        files.append(tmp_path / f"{savez.__name__}.npz")
+        files[-1].write_bytes(buf.getvalue())
+    for path in files:
+        got, info = load_npz(path)
+        assert info == {"made": 3} and sorted(got) == sorted(arrays)
+        for name, a in arrays.items():
+            assert got[name].dtype == a.dtype and got[name].shape == a.shape and np.array_equal(got[name], a)
+        got["time"][0] = 1.0  # writable, as np.load's
+        with NpzArrays(path) as z:
+            assert "_info" not in z and len(z) == len(arrays)
+            with pytest.raises(KeyError):
+                z["missing"]

@@ -140,7 +140,8 @@ def cached_index_tar(path: Path, cache_dir: Path) -> tuple[list[str], list[int],
     """index_tar, kept in cache_dir per shard and reused while the shard's size and mtime are unchanged (a rerun
     of the trainer, and every rank but the first, then read no tar header). Without a writable cache_dir it
     just scans."""
-    from preprocess.cache import load_npz, save_npz
+    from preprocess.cache import save_npz
+    from preprocess.npz import load_npz
 
     try:
         st = path.stat()
