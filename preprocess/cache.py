@@ -18,6 +18,7 @@ from preprocess.corpus import Clip, part_name
 from preprocess.npz import NpzArrays, load_npz, save_npz_bytes
 
 _SAMPLE = 1 << 16
+_LISTING_CHUNK = 1 << 16  # names of a step folder turned into Arrow at a time
 
 
 def _file_digest(path: Path, h) -> None:
@@ -339,8 +340,27 @@ class StepCache:
     def path(self, key: str, h: str) -> Path:
         return self.dir / f"{key}-{h}.npz"
 
-    def has(self, key: str, h: str) -> bool:
-        return os.path.isfile(f"{self.dir}/{key}-{h}.npz")  # as text: a rerun asks for every clip and step
+    def missing(self, wanted: Mapping[str, str]) -> list[str]:
+        """The keys whose output (key -> hash) is not in the folder, from one listing of its names: no file is
+        stat'ed (a rerun asks for every clip, and a stat per output is a random read where the inodes are not
+        cached: 1.13 M outputs a step at VoxCeleb2 size)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        present = []
+        with os.scandir(self.dir) as entries:
+            while True:
+                names = [e.name for _, e in zip(range(1 << 16), entries)]
+                if not names:
+                    break
+                present.append(pa.array(names, pa.string()))
+        present = pa.chunked_array(present, pa.string()).combine_chunks()
+        keys, out = list(wanted), []
+        for i in range(0, len(keys), _LISTING_CHUNK):
+            chunk = keys[i:i + _LISTING_CHUNK]
+            found = pc.is_in(pa.array([f"{k}-{wanted[k]}.npz" for k in chunk], pa.string()), value_set=present)
+            out += [k for k, here in zip(chunk, found.to_numpy(zero_copy_only=False)) if not here]
+        return out
 
     def save(self, key: str, h: str, arrays: dict, info: dict) -> None:
         save_npz(self.path(key, h), arrays, info)

@@ -284,6 +284,20 @@ def test_step_infos_come_from_the_index_and_a_new_hash_from_its_file(tmp_path):
     assert swaps.infos({"a": "h1"})["a"] == {"frames": 3, "made": 2} and swaps.load("a", "h1")[1]["donors"][0] == "b/1"
 
 
+def test_missing_outputs_are_found_by_name_not_by_stat(tmp_path, monkeypatch):
+    from preprocess import cache as cache_module
+    from preprocess.cache import StepCache
+
+    cache = StepCache(tmp_path, "region")
+    for key, h in (("a", "h1"), ("b", "h1"), ("b-x", "h3")):
+        cache.save(key, h, {"x": np.zeros(1)}, {})
+    (cache.dir / "c-h1.npz.tmp").write_bytes(b"")  # a write in progress is not an output
+    monkeypatch.setattr(cache_module.os.path, "isfile", None)  # one listing, no stat per output
+    monkeypatch.setattr(cache_module, "_LISTING_CHUNK", 2)  # chunks of the listing and of the keys
+    assert cache.missing({"a": "h1", "b": "h2", "c": "h1", "b-x": "h3", "d": "h1"}) == ["b", "c", "d"]
+    assert cache.missing({}) == []
+
+
 def test_build_help_lists_every_option(capsys):
     import dataclasses
 
