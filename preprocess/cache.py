@@ -350,7 +350,7 @@ class StepCache:
         present = []
         with os.scandir(self.dir) as entries:
             while True:
-                names = [e.name for _, e in zip(range(1 << 16), entries)]
+                names = [e.name for _, e in zip(range(_LISTING_CHUNK), entries)]
                 if not names:
                     break
                 present.append(pa.array(names, pa.string()))
