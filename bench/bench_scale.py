@@ -13,10 +13,10 @@ microseconds, and the share of existing clips whose donors change when 1% of cli
 follow VoxCeleb1's layout (idNNNNN speakers, ~123 clips each).
 
 rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simulated step outputs (the face,
-region and FaceSwap work replaced by stand-ins of 2 frames per clip, 4-byte JPEGs; everything else real: discovery, stamps,
-hashing, step caches and their indexes, donor choice, packing, summary): the first build, a rerun with nothing
-changed, and a rerun after adding 1% of clips, then the same addition with sticky_donors=false (on a copy of the
-state before it: the baseline); each in its own process, wall time and peak RSS. With --parts N, then the SLURM
+region and FaceSwap work replaced by stand-ins of 2 frames per clip with 4-byte JPEGs; everything else real:
+discovery, stamps, hashing, step caches and their indexes, donor choice, packing, summary): the first build, a
+rerun with nothing changed, and a rerun after adding 1% of clips, then the same addition with
+sticky_donors=false (on a copy of the state before it: the baseline); each in its own process, wall time and peak RSS. With --parts N, then the SLURM
 route: parts part=i/N built as separate processes (--jobs at once) sharing the whole build's step cache (as the
 parts of one SHARDS folder do: faces and region outputs are found there, FaceSwap with donors from the part's own
 clips and packing are done anew), and `make shards-merge`.
@@ -314,8 +314,9 @@ def bench_trainer(sizes: list[int], speakers: int, work: Path, before: str | Non
                 got[n, "plan"] = (r["plan_s"], r["plan_us_per_clip"])
         for label, flags in (("no cache: each rank indexes 1/N of the tars", ["--uncached"]),
                              ("from the cache", [])) if ranks > 1 and "ranks" in runs.split(",") else ():
-            per_rank = child(shards, "--ranks", *flags, launcher=[
-                sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}"])
+            per_rank = child(shards, "--ranks", *flags, launcher=[sys.executable, "-m", "torch.distributed.run",
+                                                                  f"--nproc_per_node={ranks}",
+                                                                  f"--master_port={free_port()}"])
             if isinstance(per_rank, dict):
                 print(f"| {n:,} | {ranks} ranks, {label} | — | — | failed: {per_rank['error']} |", flush=True)
                 continue

@@ -77,7 +77,7 @@ class NpzArrays(Mapping):
         self._numpy = None  # np.load's NpzFile, for files the fast path does not read
         try:
             self._members = self._directory()
-        except ValueError:
+        except (ValueError, struct.error):  # damaged or foreign: numpy's reader says what is wrong with it
             self._members = None
         if self._members is None:
             self._numpy = np.load(path, allow_pickle=False)

@@ -49,9 +49,9 @@ _TAR_BLOCK, _TAR_RECORD = 512, 10240
 def tar_member(name: str, data: bytes) -> bytes:
     """One regular file as `tarfile` writes it in its default (PAX) format with webdataset's fields (mode 0444,
     mtime 0, owner bigdata): a ustar header made here for short ASCII names (tarfile's Python-level header
-    costs ~35 µs a member, 14 members a sample), tarfile's own for the rest; then the data, padded."""
+    costs ~25 µs a member, this ~6; 14 members a sample), tarfile's own for the rest; then the data, padded."""
     raw = name.encode("ascii", "replace")
-    if len(raw) < 100 and raw.decode("ascii") == name:
+    if len(raw) < 100 and raw.decode("ascii") == name and len(data) < 8 ** 11:
         header = bytearray(_TAR_BLOCK)
         header[:len(raw)] = raw
         header[100:157] = b"0000444\x000000000\x000000000\x00%011o\x0000000000000\x00        0" % len(data)

@@ -356,7 +356,8 @@ def test_tar_members_are_tarfiles_bytes():
                  "é.meta.json"]:
         for data in (b"", b"x", bytes(range(256)) * 3):
             member = tarfile.TarInfo(name)
-            member.size, member.mtime, member.mode, member.uname, member.gname = len(data), 0, 0o444, "bigdata", "bigdata"
+            member.size, member.mtime, member.mode = len(data), 0, 0o444
+            member.uname = member.gname = "bigdata"
             expected = member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + data + bytes(-len(data) % 512)
             assert tar_member(name, data) == expected, (name, len(data))
 
