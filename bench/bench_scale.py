@@ -16,10 +16,10 @@ rerun: the real `build()` on a VoxCeleb-layout tree of N small files with simula
 region and FaceSwap work replaced by stand-ins of 2 frames per clip with 4-byte JPEGs; everything else real:
 discovery, stamps, hashing, step caches and their indexes, donor choice, packing, summary): the first build, a
 rerun with nothing changed, and a rerun after adding 1% of clips, then the same addition with
-sticky_donors=false (on a copy of the state before it: the baseline); each in its own process, wall time and peak RSS. With --parts N, then the SLURM
-route: parts part=i/N built as separate processes (--jobs at once) sharing the whole build's step cache (as the
-parts of one SHARDS folder do: faces and region outputs are found there, FaceSwap with donors from the part's own
-clips and packing are done anew), and `make shards-merge`.
+sticky_donors=false (on a copy of the state before it: the baseline); each in its own process, wall time and
+peak RSS. With --parts N, then the SLURM route: parts part=i/N built as separate processes (--jobs at once)
+sharing the whole build's step cache (as the parts of one SHARDS folder do: faces and region outputs are found
+there, FaceSwap with donors from the part's own clips and packing are done anew), and `make shards-merge`.
 
 trainer: the trainer's start-up at each size (default VoxCeleb1's 153,516 and VoxCeleb2's 1,128,246 clips of
 6,112 speakers) on simulated shards: the whole manifest (a row per frame, ~33 frames per clip, every column as

@@ -340,7 +340,7 @@ class StepCache:
     def path(self, key: str, h: str) -> Path:
         return self.dir / f"{key}-{h}.npz"
 
-    def missing(self, wanted: Mapping[str, str]) -> list[str]:
+    def missing(self, wanted: Mapping[str, str]) -> set[str]:
         """The keys whose output (key -> hash) is not in the folder, from one listing of its names: no file is
         stat'ed (a rerun asks for every clip, and a stat per output is a random read where the inodes are not
         cached: 1.13 M outputs a step at VoxCeleb2 size)."""
@@ -355,11 +355,11 @@ class StepCache:
                     break
                 present.append(pa.array(names, pa.string()))
         present = pa.chunked_array(present, pa.string()).combine_chunks()
-        keys, out = list(wanted), []
+        keys, out = list(wanted), set()
         for i in range(0, len(keys), _LISTING_CHUNK):
             chunk = keys[i:i + _LISTING_CHUNK]
             found = pc.is_in(pa.array([f"{k}-{wanted[k]}.npz" for k in chunk], pa.string()), value_set=present)
-            out += [k for k, here in zip(chunk, found.to_numpy(zero_copy_only=False)) if not here]
+            out.update(k for k, here in zip(chunk, found.to_numpy(zero_copy_only=False)) if not here)
         return out
 
     def save(self, key: str, h: str, arrays: dict, info: dict) -> None:

@@ -58,6 +58,12 @@ def _run_jobs(fn, jobs: list, cfg: ShardsConfig, desc: str, unit_counter, log_di
             yield job, r
 
 
+def _without_output(clips: list[Clip], cache: StepCache, hashes: dict[str, str]) -> list[Clip]:
+    """The clips whose output of this step (by their hashes) is not in the cache."""
+    missing = cache.missing(hashes)
+    return [c for c in clips if c.key in missing]
+
+
 class LazyJobs(Sequence):
     """jobs[i] = make(items[i]), made when asked for: a list of FaceSwap jobs made up front holds six paths per
     clip (~2.3 KB; 2.6 GB of a first build at VoxCeleb2 size)."""
@@ -244,8 +250,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
 
     # faces: decode, landmarks, alignment, crops
     t = time.perf_counter()
-    missing = set(caches["faces"].missing(plan.faces))
-    todo = [c for c in clips if c.key in missing]
+    todo = _without_output(clips, caches["faces"], plan.faces)
     jobs = [(c, cfg, cache_root, plan.faces[c.key]) for c in todo]
     crashed, written = {}, {}  # written: the info records of this run's outputs, not read back from them
     for job, r in _run_jobs(_faces_job, jobs, cfg, "faces", lambda info: info["sampled"], cache_root / "logs"):
@@ -266,8 +271,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     region_hash = step_hash("region", opts)
     for c in usable:
         plan.region[c.key] = region_hash(plan.faces[c.key])
-    missing = set(caches["region"].missing(plan.region))
-    todo = [c for c in usable if c.key in missing]
+    todo = _without_output(usable, caches["region"], plan.region)
     work["region"] = embed_regions(todo, plan, cfg, caches) if todo else 0
     if todo:
         caches["region"].prune(plan.region)
@@ -285,8 +289,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
         faceswap_hash = step_hash("faceswap", opts)
         for c in usable:
             plan.faceswap[c.key] = faceswap_hash(plan.faces[c.key], [plan.faces[d] for d in donors[c.key]])
-        missing = set(caches["faceswap"].missing(plan.faceswap))
-        todo = [c for c in usable if c.key in missing]
+        todo = _without_output(usable, caches["faceswap"], plan.faceswap)
         jobs = LazyJobs(todo, lambda c: (c.key, plan.faceswap[c.key], cfg, cache_root,
                                          caches["faces"].path(c.key, plan.faces[c.key]),
                                          {d: caches["faces"].path(d, plan.faces[d]) for d in donors[c.key]}))
