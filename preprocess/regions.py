@@ -84,7 +84,9 @@ def imagenet_resnet18(weights: str = ""):
     import torch
     import torchvision
 
-    model = torchvision.models.resnet18()
+    with torch.random.fork_rng(devices=[]):  # weights=random: the same "random" network in every build
+        torch.manual_seed(0)
+        model = torchvision.models.resnet18()
     path = resnet18_weights(weights)
     if path is not None:
         try:
