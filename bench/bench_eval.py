@@ -16,11 +16,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from eval.backbones import load_backbone  # noqa: E402
 from eval.probe import extract_features, fine_tune, linear_probe  # noqa: E402
 from eval.settings import EvalConfig  # noqa: E402
-from preprocess.config import load_config  # noqa: E402
-from preprocess.regions import resolve_device  # noqa: E402
+from sslfer.backbone import load_backbone  # noqa: E402
+from sslfer.config import load_config  # noqa: E402
+from sslfer.device import resolve_device  # noqa: E402
 
 
 def main():

@@ -30,11 +30,11 @@ sys.path.insert(0, str(ROOT))
 
 def make_set(root: Path, n_train: int, n_test: int = 4000) -> None:
     from preprocess.synthetic import face_photos, render_frames
-    from preprocess.stills import _landmarks
+    from sslfer.stills import _landmarks
 
     face = next(render_frames(face_photos()["astronaut"], 1, (160, 160), 0))
     lm = _landmarks(face)
-    from preprocess.face_geometry import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE
+    from sslfer.face_geometry import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE
 
     p68 = np.zeros((68, 2))
     p68[36:42], p68[42:48] = lm[RIGHT_EYE].mean(0), lm[LEFT_EYE].mean(0)

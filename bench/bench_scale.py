@@ -85,10 +85,10 @@ def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
     import numpy as np
 
     from preprocess import pipeline
-    from preprocess.config import load_config
-    from preprocess.face_geometry import N_LANDMARKS
-    from preprocess.schema import join_jpegs
     from preprocess.settings import ShardsConfig
+    from sslfer.config import load_config
+    from sslfer.face_geometry import N_LANDMARKS
+    from sslfer.shards.schema import join_jpegs
 
     # a 4-byte stand-in JPEG (start and end markers; nothing here decodes it): a simulated faces output stays
     # within two 4 KB blocks (~6.5 KB), so the 1.13 M outputs (~9 GB) fit this VM's page cache while FaceSwap
@@ -152,7 +152,7 @@ def simulated_trainer_shards(root: Path, n: int, speakers: int, per_shard: int =
 
     import numpy as np
 
-    from preprocess.schema import MANIFEST, MANIFEST_COLUMNS, SCHEMA_VERSION, SHARD_NAME, arrow_schema
+    from sslfer.shards.schema import MANIFEST, MANIFEST_COLUMNS, SCHEMA_VERSION, SHARD_NAME, arrow_schema
 
     root.mkdir(parents=True, exist_ok=True)
     schema = arrow_schema(MANIFEST_COLUMNS).with_metadata(
@@ -207,8 +207,9 @@ def trainer_startup(shards: str, cached: bool, ranks: bool) -> None:
 
     import numpy as np
 
+    from sslfer.shards.index import ShardIndex
     from train import distributed as dist
-    from train.data import BatchStream, ShardIndex
+    from train.data import BatchStream
     from train.plan import steps_per_epoch
     from train.settings import TrainConfig
 
@@ -220,7 +221,7 @@ def trainer_startup(shards: str, cached: bool, ranks: bool) -> None:
     dist.gather_objects(None)  # no rank starts before the cache is gone
     t = time.perf_counter()
     if "manifest" in inspect.signature(ShardIndex.build).parameters:  # the code before this benchmark (--before)
-        from preprocess.schema import read_manifest
+        from sslfer.shards.schema import read_manifest
 
         manifest = read_manifest(shards)
         any(manifest.column("has_swap").to_pylist())

@@ -21,11 +21,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from preprocess.config import load_config  # noqa: E402
 from preprocess.corpus import find_clips  # noqa: E402
-from preprocess.decode import DecodeReport, read_clip  # noqa: E402
+from preprocess.faces import read_clip  # noqa: E402
 from preprocess.pipeline import build  # noqa: E402
 from preprocess.settings import ShardsConfig  # noqa: E402
+from sslfer.config import load_config  # noqa: E402
+from sslfer.decode import DecodeReport  # noqa: E402
 
 
 def decode_only(clips, cfg) -> tuple[int, float]:
@@ -48,7 +49,7 @@ def embeddings(device: str, n: int = 2048, batch: int = 256) -> float:
     import numpy as np
     import torch
 
-    from preprocess.regions import ResNet18Regions
+    from sslfer.imagenet import ResNet18Regions
 
     enc = ResNet18Regions("random", device)
     crops = np.random.default_rng(0).integers(0, 255, (batch // 2, 64, 64, 3), np.uint8)

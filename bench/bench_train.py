@@ -27,8 +27,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from preprocess.config import load_config  # noqa: E402
-from preprocess.schema import ClipSample, shard_paths  # noqa: E402
+from sslfer.config import load_config  # noqa: E402
+from sslfer.shards.schema import ClipSample, shard_paths  # noqa: E402
 from train.settings import TrainConfig, preset_path  # noqa: E402
 
 
@@ -61,7 +61,7 @@ class OfficialStyleDataset(torch.utils.data.Dataset):
         from PIL import Image, ImageDraw
         from torchvision import transforms as T
 
-        from preprocess.face_geometry import region_boxes
+        from sslfer.face_geometry import region_boxes
 
         img = Image.fromarray(rgb)
         if lm is not None and random.random() < 0.8:
@@ -106,8 +106,8 @@ def export_frames(shards: Path, out: Path, side: int = 224) -> list[list[Path]]:
     VoxCeleb1 face frames the official code reads (224 x 224)."""
     import cv2
 
-    from preprocess.schema import decode_jpeg, encode_jpeg
-    from train.data import iter_tar_samples
+    from sslfer.shards.schema import decode_jpeg, encode_jpeg
+    from sslfer.shards.tar import iter_tar_samples
 
     clips = []
     for shard in shard_paths(shards):
@@ -141,8 +141,9 @@ def time_batches(loader, n: int, warmup: int, per_batch=None) -> float:
 
 
 def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int, n_base: int) -> dict:
-    from train.augment import augment
-    from train.data import BatchStream, ShardIndex
+    from sslfer.augment import augment
+    from sslfer.shards.index import ShardIndex
+    from train.data import BatchStream
 
     # batch_size counts instances: `anchors` anchors and their hard negatives
     cfg = load_config(TrainConfig, [preset_path("sslfer")], [f"batch_size={2 * anchors}", f"workers={workers}",
@@ -222,7 +223,7 @@ def main():
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="auto")
     a = p.parse_args()
-    from preprocess.regions import resolve_device
+    from sslfer.device import resolve_device
 
     device = resolve_device(a.device)
     shards = Path(a.shards)

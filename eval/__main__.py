@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from preprocess.config import ConfigError, load_config, options_help
 from eval.settings import EvalConfig
+from sslfer.config import ConfigError, load_config, options_help
 
 
 def main(argv=None) -> int:
@@ -42,11 +42,10 @@ def main(argv=None) -> int:
     if bad:
         parser.error(f"unrecognised arguments: {' '.join(bad)}")
 
-    from eval import datasets as D
-    from eval import report as R
-    from eval.backbones import CheckpointError
+    from eval import datasets as D, report as R
     from eval.run import evaluate_expressions, evaluate_lfw
-    from preprocess.regions import WeightsMissing
+    from sslfer.backbone import CheckpointError
+    from sslfer.imagenet import WeightsMissing
 
     try:
         if args.dataset == "report":

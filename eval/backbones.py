@@ -6,44 +6,7 @@ import json
 from pathlib import Path
 
 import torch
-import torchvision
 
-from train.models import resnet_backbone
-
-PREFIXES = ("module.", "backbone.", "encoder.", "query.", "online.", "model.")
-BLOCKS = {(2, 2, 2, 2, False): "resnet18", (3, 4, 6, 3, False): "resnet34", (3, 4, 6, 3, True): "resnet50",
-          (3, 4, 23, 3, True): "resnet101"}
-
-
-class CheckpointError(ValueError):
-    """Not a usable checkpoint; reported as one line."""
-
-
-def _strip(state: dict) -> dict:
-    """Backbone keys in torchvision's names: leading wrapper prefixes removed, heads dropped."""
-    out = {}
-    for k, v in state.items():
-        if not isinstance(v, torch.Tensor):
-            continue
-        while k.startswith(PREFIXES):
-            k = k.split(".", 1)[1]
-        if k.startswith(("fc.", "projector", "predictor", "head", "target.", "key.")) or "." not in k:
-            continue
-        out[k] = v
-    return out
-
-
-def detect_arch(state: dict) -> str:
-    blocks = tuple(len({k.split(".")[1] for k in state if k.startswith(f"layer{i}.")}) for i in range(1, 5))
-    arch = BLOCKS.get((*blocks, "layer1.0.conv3.weight" in state))
-    if arch is None:
-        raise CheckpointError(f"not a torchvision ResNet backbone (blocks per stage {blocks})")
-    return arch
-
-
-def imagenet_weights_path(arch: str) -> Path:
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    return Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
 
 
 def is_eyemouth(spec: str) -> bool:
@@ -114,42 +77,3 @@ def checkpoint_meta(spec: str) -> dict:
     if isinstance(state.get("monitor_best"), float) and state["monitor_best"] >= 0:
         meta["monitor_expr_knn"] = state["monitor_best"]
     return meta
-
-
-def load_backbone(spec: str, arch: str = "resnet50", seed: int = 0) -> tuple[str, torch.nn.Module, int]:
-    """(display name, backbone in eval mode without classifier, feature width)."""
-    if spec == "random":
-        torch.manual_seed(seed)
-        net, width = resnet_backbone(arch)
-        return f"random ({arch})", net.eval(), width
-    if spec == "imagenet":
-        path = imagenet_weights_path(arch)
-        if not path.is_file():
-            url = torchvision.models.get_model_weights(arch).IMAGENET1K_V1.url
-            raise CheckpointError(f"ImageNet {arch} weights not found at {path}: download {url} there")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        name = f"imagenet ({arch})"
-    else:
-        path = Path(spec)
-        if not path.is_file():
-            raise CheckpointError(f"{spec}: no such file (CKPT takes a checkpoint, a backbone, imagenet or random)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # torch raises many types for files that are not checkpoints
-            raise CheckpointError(f"{spec}: not a checkpoint ({str(e).splitlines()[0][:120]})") from None
-        if isinstance(state, dict) and isinstance(state.get("model"), dict):
-            state = state["model"]
-        elif isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{spec}: not a state dict")
-        name = path.parent.name + "/" + path.name if path.name in ("backbone.pt", "last.pt") else path.name
-    backbone_state = _strip(state)
-    if not backbone_state:
-        raise CheckpointError(f"{spec}: holds no ResNet backbone weights")
-    arch = detect_arch(backbone_state)
-    net, width = resnet_backbone(arch)
-    missing, unexpected = net.load_state_dict(backbone_state, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"{spec}: does not fit {arch} (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return f"{name} ({arch})", net.eval(), width

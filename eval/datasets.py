@@ -171,7 +171,7 @@ def _affectnet_csv(path: Path, images: Path, n_classes: int, skipped: dict) -> l
 
 def affectnet_points(text: str) -> tuple | None:
     """AffectNet's 68 landmarks ('x;y;x;y;...') as the five alignment points, or None when absent or malformed."""
-    from preprocess.face_geometry import five_points_68
+    from sslfer.face_geometry import five_points_68
 
     try:
         values = [float(v) for v in text.split(";") if v.strip()]

@@ -27,73 +27,9 @@ import numpy as np
 import torch
 
 from eval.datasets import IMAGE_EXTENSIONS
-from preprocess.corpus import VIDEO_EXTENSIONS
-from preprocess.progress import progress
-from train.augment import eval_transform
-
-FACE_SIZE = 128
-
-
-class NoFace(ValueError):
-    """The image shows no face the detector finds."""
-
-
-def load_encoder(spec: str, arch: str = "resnet50", seed: int = 0) -> torch.nn.Module:
-    """Any checkpoint or backbone.pt of this project (or a torchvision ResNet state dict, 'imagenet', 'random')
-    as a torchvision ResNet in eval mode whose fc is the identity: net(x) is the pooled embedding."""
-    from eval.backbones import load_backbone
-
-    return load_backbone(spec, arch, seed)[1]
-
-
-def load_projector(spec: str) -> torch.nn.Module:
-    """The projection head of a training checkpoint (simclr family: TimeAug, HardNeg, FaceSwap, MaskFN)."""
-    from eval.backbones import CheckpointError
-    from train.models import mlp
-
-    state = torch.load(spec, map_location="cpu", weights_only=True)
-    weights = {k.split("projector.", 1)[1]: v for k, v in (state.get("model") or {}).items()
-               if k.startswith("projector.")}
-    if not weights:
-        raise CheckpointError(f"{spec}: holds no projector (projection=true needs a training checkpoint of the "
-                              f"simclr family: RUN/checkpoints/last.pt, best.pt or epoch-*.pt)")
-    head = mlp(weights["0.weight"].shape[1], weights["0.weight"].shape[0], weights["2.weight"].shape[0])
-    head.load_state_dict(weights)
-    return head.eval()
-
-
-def face_box(landmarks: np.ndarray, scale: float = 1.0) -> list[float]:
-    """x, y, w, h of the landmarks' bounding box, times scale."""
-    lo, hi = landmarks[:, :2].min(0), landmarks[:, :2].max(0)
-    return [float(v) * scale for v in (lo[0], lo[1], hi[0] - lo[0], hi[1] - lo[1])]
-
-
-class FacePreprocess:
-    """Image in (RGB uint8, any size: a photo or a video frame), model input out ([3, S, S] float): the face
-    aligned to the pretraining template at 128 px, resized and centre-cropped to S = image_size, normalised.
-    `aligned=True` takes the image as an already aligned 128 px face (this project's shards and caches).
-    Raises NoFace when the detector finds none."""
-
-    def __init__(self, image_size: int = 112, aligned: bool = False):
-        self.image_size, self.aligned = image_size, aligned
-
-    def align(self, rgb: np.ndarray) -> tuple[np.ndarray, list[float]]:
-        """(the 128 px aligned face, its box x, y, w, h in the image's pixels)."""
-        from preprocess.stills import align_rgb
-
-        if self.aligned:
-            return np.ascontiguousarray(rgb[:, :, :3]), [0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])]
-        face, how, _, landmarks = align_rgb(rgb)
-        if how != "landmarks":
-            raise NoFace("no face found")
-        return face, face_box(landmarks)
-
-    def tensor(self, faces: np.ndarray) -> torch.Tensor:
-        """Aligned uint8 faces [N, 128, 128, 3] -> model input [N, 3, S, S]."""
-        return eval_transform(torch.from_numpy(np.ascontiguousarray(faces)).permute(0, 3, 1, 2), self.image_size)
-
-    def __call__(self, rgb: np.ndarray) -> torch.Tensor:
-        return self.tensor(self.align(rgb)[0][None])[0]
+from sslfer.decode import VIDEO_EXTENSIONS
+from sslfer.encoder import FACE_SIZE, FacePreprocess, NoFace, face_box, load_encoder, load_projector
+from sslfer.progress import progress
 
 
 @dataclass
@@ -146,7 +82,7 @@ def identity_of(path: Path) -> str:
 
 def _align_paths(task: tuple[list[str], int, bool]) -> list[tuple[np.ndarray | None, list[float] | None, str]]:
     """(face, box, reason) per image file: a worker's share of a chunk."""
-    from preprocess.stills import Still, read_image
+    from sslfer.stills import Still, read_image
 
     paths, image_size, aligned = task
     prep, out = FacePreprocess(image_size, aligned), []
@@ -181,9 +117,9 @@ def align_images(images: list[tuple[Path, str]], cfg, pool, bar, first: int = 0)
 
 def align_video(path: Path, cfg) -> Faces:
     """Frames sampled and aligned as make shards does it."""
-    from preprocess.decode import DecodeError, DecodeReport, probe, read_video
-    from preprocess.faces import align_face
-    from preprocess.landmarks import FaceTracker
+    from sslfer.decode import DecodeError, DecodeReport, probe, read_video
+    from sslfer.face_geometry import align_face
+    from sslfer.landmarks import FaceTracker
 
     found, report = Faces(), DecodeReport()
     try:
@@ -253,7 +189,7 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     from eval import embed_plots
     from eval.backbones import row_names
     from eval.probe import extract_features
-    from preprocess.regions import resolve_device
+    from sslfer.device import resolve_device
 
     t0 = time.time()
     device = resolve_device(cfg.device)  # the device and every --ckpt before any face is aligned
@@ -362,10 +298,10 @@ def print_summary(s: dict) -> None:
 
 
 def main(argv=None) -> int:
-    from eval.backbones import CheckpointError
     from eval.settings import EmbedConfig
-    from preprocess.config import ConfigError, load_config, options_help
-    from preprocess.regions import WeightsMissing
+    from sslfer.backbone import CheckpointError
+    from sslfer.config import ConfigError, load_config, options_help
+    from sslfer.imagenet import WeightsMissing
 
     p = argparse.ArgumentParser(
         prog="python -m eval embed", formatter_class=argparse.RawDescriptionHelpFormatter,

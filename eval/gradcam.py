@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from train.augment import eval_transform
+from sslfer.augment import eval_transform
 
 
 STAGES = ("layer1", "layer2", "layer3", "layer4")

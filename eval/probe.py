@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 
 from eval import metrics as M
-from preprocess.progress import progress
-from train.augment import eval_transform, normalize, resized_crop_flip
+from sslfer.augment import eval_transform, normalize, resized_crop_flip
+from sslfer.progress import progress
 
 
 def head(width: int, outputs: int) -> nn.Sequential:
@@ -29,7 +29,7 @@ def extract_features(backbone: nn.Module, faces, image_size: int, device: str, b
     """Backbone features of aligned uint8 faces [N,128,128,3] (an array or anything indexable by an index array
     of rows; resize, centre crop, normalise). With out_path: written batch by batch into that .npy and returned
     memory-mapped (never whole in RAM)."""
-    from preprocess.cache import ArrayWriter
+    from sslfer.files import ArrayWriter
 
     backbone = backbone.to(device).eval()
     out, writer = [], None

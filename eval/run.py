@@ -11,16 +11,17 @@ from pathlib import Path
 import numpy as np
 
 from eval import report as R
-from eval.backbones import checkpoint_meta, is_eyemouth, load_backbone, row_names
+from eval.backbones import checkpoint_meta, is_eyemouth, row_names
 from eval.datasets import Dataset, limit
 from eval.gradcam import map_side, pick_layer
-from preprocess.stills import aligned_faces, alignment_counts, cache_key
-from eval.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
-from preprocess.cache import ArrayWriter, NpyArray
-from preprocess.face_geometry import TEMPLATE_UNIT, crop_region
-from preprocess.regions import resolve_device
+from sslfer.backbone import load_backbone
+from sslfer.device import resolve_device
+from sslfer.face_geometry import TEMPLATE_UNIT, crop_region
+from sslfer.files import ArrayWriter, NpyArray
+from sslfer.knn import knn_accuracy, knn_split, read_pairs, verification_accuracy
+from sslfer.stills import aligned_faces, alignment_counts, cache_key
 
 
 def file_digest(path: Path) -> str:
@@ -41,7 +42,7 @@ def _spec_key(spec: str, arch: str, seed: int) -> str:
     if spec == "random":
         return f"random:{arch}:{seed}"
     if spec == "imagenet":
-        from eval.backbones import imagenet_weights_path
+        from sslfer.backbone import imagenet_weights_path
 
         w = imagenet_weights_path(arch)
         return f"imagenet:{arch}:{file_digest(w) if w.is_file() else 'missing'}"
@@ -118,7 +119,7 @@ class Evaluator:
             return NpyArray(path)
         faces = self.faces[split]
         if backbone is None:  # the eye-mouth descriptor, in batches
-            from preprocess.regions import ResNet18Regions
+            from sslfer.imagenet import ResNet18Regions
 
             enc = ResNet18Regions(spec.partition("=")[2], self.device)
             out = ArrayWriter(path, (len(faces), 1024), np.float32)
@@ -140,7 +141,7 @@ def check_backbones(specs: list[str], cfg) -> None:
     resolve_device(cfg.device)
     for spec in specs:
         if is_eyemouth(spec):
-            from preprocess.regions import resnet18_weights
+            from sslfer.imagenet import resnet18_weights
 
             resnet18_weights(spec.partition("=")[2])
         else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preprocess.config import option
+from sslfer.config import option
 
 
 @dataclass

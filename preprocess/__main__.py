@@ -6,9 +6,9 @@ import json
 import sys
 from pathlib import Path
 
-from preprocess.config import ConfigError, load_config, options_help
 from preprocess.corpus import CorpusError
 from preprocess.settings import ShardsConfig
+from sslfer.config import ConfigError, load_config, options_help
 
 EXIT_SOME_FAILED = 3
 EXIT_NONE_USABLE = 4
@@ -38,9 +38,9 @@ def main(argv=None) -> int:
     m.add_argument("shards", help="the SHARDS folder the parts were written under")
     args = parser.parse_args(argv)
 
-    from preprocess.pipeline import build, print_summary
     from preprocess.pack import merge_parts
-    from preprocess.regions import WeightsMissing
+    from preprocess.pipeline import build, print_summary
+    from sslfer.imagenet import WeightsMissing
 
     try:
         if args.command == "merge":

@@ -7,9 +7,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-
-VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv"}
-FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+from sslfer.decode import FRAME_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,15 +5,15 @@ aligned-crop pixels, timestamps, and the reason for every dropped frame."""
 from __future__ import annotations
 
 import time
+from typing import Iterator
 
-import cv2
 import numpy as np
 
 from preprocess.corpus import Clip
-from preprocess.decode import DecodeError, DecodeReport, read_clip
-from preprocess.face_geometry import N_LANDMARKS, alignment_matrix, apply, crop_region, region_boxes
-from preprocess.schema import encode_jpeg, join_jpegs
 from preprocess.settings import ShardsConfig
+from sslfer.decode import DecodeError, DecodeReport, Frame, read_frame_folder, read_video
+from sslfer.face_geometry import N_LANDMARKS, align_face
+from sslfer.shards.schema import encode_jpeg, join_jpegs
 
 
 def reject(clip: Clip, step: str, reason: str, frame: int = -1, timestamp: float = -1.0) -> dict:
@@ -21,23 +21,10 @@ def reject(clip: Clip, step: str, reason: str, frame: int = -1, timestamp: float
             "reason": reason}
 
 
-def align_face(rgb: np.ndarray, landmarks: np.ndarray, face_size: int, region_size: int):
-    """Aligned face, landmarks and [eyes, mouth] boxes in crop pixels, and the eye and mouth crops (taken
-    from the full-resolution frame)."""
-    m = alignment_matrix(landmarks, face_size)
-    interp = cv2.INTER_AREA if np.hypot(*m[0, :2]) < 1 else cv2.INTER_LINEAR
-    face = cv2.warpAffine(rgb, m, (face_size, face_size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
-    lm = apply(m, landmarks)
-    boxes = region_boxes(lm)
-    eyes = crop_region(rgb, m, boxes[0], region_size)
-    mouth = crop_region(rgb, m, boxes[1], region_size)
-    return face, lm, boxes, eyes, mouth
-
-
 def run_faces(clip: Clip, cfg: ShardsConfig) -> tuple[dict, dict]:
     """(arrays, info) for the cache. A clip that cannot be decoded, or has no usable face, yields zero frames
     and its reason in info['rejects']."""
-    from preprocess.landmarks import FaceTracker
+    from sslfer.landmarks import FaceTracker
 
     t0 = time.perf_counter()
     rejects: list[dict] = []
@@ -88,3 +75,10 @@ def run_faces(clip: Clip, cfg: ShardsConfig) -> tuple[dict, dict]:
     info = {"sampled": sampled, "kept": n, "drops": drops, "rejects": rejects,
             "failed": n == 0, "seconds": time.perf_counter() - t0}
     return arrays, info
+
+
+def read_clip(clip: Clip, sample_fps: float, frames_fps: float, max_side: int,
+              report: DecodeReport) -> Iterator[Frame]:
+    if clip.kind == "frames":
+        return read_frame_folder(clip.path, sample_fps, frames_fps, max_side)
+    return read_video(clip.path, sample_fps, max_side, report)

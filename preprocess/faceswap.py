@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH, SWAP_FIT, apply, inter_ocular, similarity
+from sslfer.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH, SWAP_FIT, apply, inter_ocular, similarity
 
 
 def _score(*parts) -> int:
@@ -115,7 +115,7 @@ def read_donor_table(path: Path, seed: int, k: int) -> dict[str, list[str]]:
 def write_donor_table(path: Path, donors: dict[str, list[str]], seed: int, k: int) -> None:
     import pyarrow as pa
 
-    from preprocess.cache import write_table
+    from sslfer.files import write_table
 
     keys = sorted(donors)
     table = pa.table({"key": pa.array(keys, pa.string()),
@@ -183,7 +183,7 @@ def composite(face: np.ndarray, lm_face: np.ndarray, donor: np.ndarray, lm_donor
 
 def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path) -> None:
     """A PNG of (face, composite, donor frame) rows, to check FaceSwap by eye."""
-    from preprocess.cache import atomic_write_bytes
+    from sslfer.files import atomic_write_bytes
 
     size = 128
     tiles = [np.hstack([cv2.resize(img, (size, size)) for img in row]) for row in rows]

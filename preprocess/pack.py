@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from preprocess.cache import digest, digest_of, write_table
-from preprocess.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION, SHARD_NAME,
-                               ClipSample, arrow_schema, join_jpegs)
+from preprocess.cache import digest, digest_of
+from sslfer.files import write_table
+from sslfer.shards.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION,
+                                  ClipSample, arrow_schema, join_jpegs)
+from sslfer.shards.tar import ShardWriter
 
 
 def pack_is_current(out: Path, pack_hash: str) -> bool:
@@ -41,66 +42,6 @@ def write_parquet(path: Path, rows: list[dict], columns: dict, metadata: dict | 
     if metadata:
         table = table.replace_schema_metadata({k: str(v) for k, v in metadata.items()})
     write_table(path, table)
-
-
-_TAR_BLOCK, _TAR_RECORD = 512, 10240
-
-
-def tar_member(name: str, data: bytes) -> bytes:
-    """One regular file as `tarfile` writes it in its default (PAX) format with webdataset's fields (mode 0444,
-    mtime 0, owner bigdata): a ustar header made here for short ASCII names (tarfile's Python-level header
-    costs ~25 µs a member, this ~6; 14 members a sample), tarfile's own for the rest; then the data, padded."""
-    if name.isascii() and len(name) < 100 and len(data) < 8 ** 11:
-        header = bytearray(_TAR_BLOCK)
-        header[:len(name)] = name.encode()
-        header[100:157] = b"0000444\x000000000\x000000000\x00%011o\x0000000000000\x00        0" % len(data)
-        header[257:265] = b"ustar\x0000"
-        header[265:272], header[297:304] = b"bigdata", b"bigdata"
-        header[148:155] = b"%06o\x00" % sum(header)
-    else:
-        member = tarfile.TarInfo(name)
-        member.size, member.mtime, member.mode, member.uname, member.gname = len(data), 0, 0o444, "bigdata", "bigdata"
-        header = member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    return bytes(header) + data + bytes(-len(data) % _TAR_BLOCK)
-
-
-class ShardWriter:
-    """Sequential shards of at most max_bytes, numbered from `first`, each renamed into place when closed. Byte
-    for byte what webdataset's TarWriter writes, without importing it (and torch) here."""
-
-    def __init__(self, out: Path, max_bytes: float, first: int = 0):
-        self.out, self.max_bytes = out, max_bytes
-        self.index, self.size, self.file = first - 1, 0, None
-        self.total, self.written = 0, []
-
-    @property
-    def name(self) -> str:
-        return SHARD_NAME.format(self.index)
-
-    def _open(self):
-        self.index += 1
-        self.size = 0
-        self.file = open(self.out / f".{self.name}.tmp", "wb")
-
-    def close(self):
-        if self.file is not None:
-            self.size += 2 * _TAR_BLOCK  # the end-of-archive blocks, then zeros to a whole record, as tarfile
-            self.file.write(bytes(2 * _TAR_BLOCK + -self.size % _TAR_RECORD))
-            self.file.close()
-            (self.out / f".{self.name}.tmp").replace(self.out / self.name)
-            self.total += (self.out / self.name).stat().st_size
-            self.written.append(self.name)
-            self.file = None
-
-    def write(self, sample: dict) -> str:
-        if self.file is None or self.size >= self.max_bytes:
-            self.close()
-            self._open()
-        data = b"".join(tar_member(f"{sample['__key__']}.{name}", sample[name])
-                        for name in sorted(k for k in sample if k != "__key__"))  # as webdataset's TarWriter
-        self.file.write(data)
-        self.size += len(data)  # bytes on disk, tar headers and padding included
-        return self.name
 
 
 def clip_sample(clip, faces: dict, region: dict, region_info: dict, swaps: dict, swap_info: dict) -> ClipSample:
@@ -154,7 +95,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     whose clips are all unchanged are kept as they are; clips that are new or changed, and the unchanged clips
     that shared a shard with a changed or removed one, are written to new shards; then the manifest is
     replaced (atomically) and the shards it no longer names are deleted."""
-    from preprocess.progress import progress
+    from sslfer.progress import progress
 
     pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s)
     for tmp in out.glob(".shard-*.tmp"):
@@ -283,8 +224,8 @@ def merge_parts(shards: Path) -> dict:
     """Join the manifests and rejects of a split run (SHARDS/parts/i-of-n) into SHARDS/, after checking the
     parts belong together: one n, every part finished, the same options, schema and region descriptor. Streams
     part by part (Arrow tables, one part in memory at a time); discovery's rejects, seen by every part, once."""
-    from preprocess.config import ConfigError, load_config
     from preprocess.settings import ShardsConfig
+    from sslfer.config import ConfigError, load_config
 
     folders = sorted((shards / "parts").glob("*-of-*")) if (shards / "parts").is_dir() else []
     if not folders:

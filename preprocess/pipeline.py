@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from preprocess import faceswap as fs
-from preprocess.cache import Stamps, StepCache, atomic_write_bytes, digest_items, digest_of
-from preprocess.config import step_options, to_toml
+from preprocess.cache import Stamps, StepCache, digest_items, digest_of
 from preprocess.corpus import Clip, find_clips, part_name, select_part
-from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
 from preprocess.faces import reject, run_faces
 from preprocess.jobs import Failure, run_jobs
-from preprocess.npz import NpzArrays
-from preprocess.progress import progress
-from preprocess.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 from preprocess.settings import ShardsConfig
+from sslfer.config import step_options, to_toml
+from sslfer.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
+from sslfer.files import atomic_write_bytes
+from sslfer.npz import NpzArrays
+from sslfer.progress import progress
+from sslfer.shards.schema import CONFIG, SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 
 # Bump a step's version when its code changes what it writes: its cache (and everything after) is redone.
 STEP_VERSIONS = {"faces": 1, "region": 1, "faceswap": 3}
@@ -191,7 +192,7 @@ def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict)
     """Region descriptors for the clips in todo, batched across clips. Returns frames embedded."""
     encoder = None
     if cfg.region_descriptor == "resnet18":
-        from preprocess.regions import ResNet18Regions
+        from sslfer.imagenet import ResNet18Regions
 
         encoder = ResNet18Regions(cfg.region_weights, cfg.device)
     from preprocess.regions import landmark_descriptor
@@ -224,7 +225,8 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     timings: dict[str, float] = {}
     work: dict[str, int] = {}
     if cfg.region_descriptor == "resnet18":  # fail now, not after hours of decoding
-        from preprocess.regions import resnet18_weights, resolve_device
+        from sslfer.device import resolve_device
+        from sslfer.imagenet import resnet18_weights
 
         resolve_device(cfg.device)
         resnet18_weights(cfg.region_weights)
@@ -335,7 +337,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
 
 
 def summarize(out, clips, infos, swap_infos, discover_rejects, work, timings, packed) -> dict:
-    from preprocess.schema import MANIFEST
+    from sslfer.shards.schema import MANIFEST
 
     drops: dict[str, int] = {}
     failed, sampled, kept = [], 0, 0

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from preprocess.config import option
 from preprocess.jobs import available_cpus
+from sslfer.config import option
 
 # Pipeline steps, in order. A step's cache key hashes its inputs and the options tagged with it.
 STEPS = ("faces", "region", "faceswap", "pack")

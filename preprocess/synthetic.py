@@ -125,7 +125,7 @@ _LANDMARKS: dict[str, np.ndarray] = {}
 def photo_landmarks(name: str) -> np.ndarray:
     """The face mesh's 478 points (x, y in pixels) on one of the shipped photos (found once per process)."""
     if name not in _LANDMARKS:
-        from preprocess.landmarks import FaceTracker
+        from sslfer.landmarks import FaceTracker
 
         with FaceTracker(1, 8, 0.3) as tracker:
             det = tracker.detect(face_photos()[name])
@@ -141,7 +141,7 @@ class Person:
     photo with the expressions mixed by weight (neutral = no move; weights may sum to less than 1)."""
 
     def __init__(self, name: str, seed: int, photo: str):
-        from preprocess.face_geometry import inter_ocular
+        from sslfer.face_geometry import inter_ocular
 
         rng = np.random.default_rng(seed)
         self.name = name

@@ -72,9 +72,9 @@ def bad_corpus(tmp_path_factory, photos) -> Path:
 
 def build(data, shards, *overrides, workers=1):
     """Run the batch stage in-process with test settings (random region weights)."""
-    from preprocess.config import load_config
     from preprocess.pipeline import build as run_build
     from preprocess.settings import ShardsConfig
+    from sslfer.config import load_config
 
     cfg = load_config(ShardsConfig, None, [f"workers={workers}", "region_weights=random", *overrides])
     return run_build(data, shards, cfg)

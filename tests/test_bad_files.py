@@ -129,7 +129,7 @@ def test_odd_files_are_kept_or_rejected_with_reasons(odd_corpus, tmp_path):
     import pyarrow.parquet as pq
 
     from preprocess.__main__ import main
-    from preprocess.schema import REJECTS
+    from sslfer.shards.schema import REJECTS
 
     shards = tmp_path / "s"
     code = main(["build", str(odd_corpus), str(shards), "workers=1", "region_weights=random"])
@@ -144,7 +144,7 @@ def test_odd_files_are_kept_or_rejected_with_reasons(odd_corpus, tmp_path):
 
 
 def test_zero_frame_rate_falls_back():
-    from preprocess.decode import frame_rate
+    from sslfer.decode import frame_rate
 
     assert frame_rate({"avg_frame_rate": "0/0", "r_frame_rate": "30000/1001"}) == pytest.approx(29.97, abs=0.01)
     assert frame_rate({"avg_frame_rate": "0/0", "r_frame_rate": "0/0"}) == 25.0
@@ -179,7 +179,7 @@ class _FakeFfmpeg:
 
 
 def test_frames_without_timestamps_are_placed_not_waited_for(monkeypatch):
-    from preprocess import decode
+    from sslfer import decode
 
     frames = [np.full((4, 6, 3), i, np.uint8) for i in range(14)]
     lines = [f"[Parsed_showinfo_2 @ 0x1] n:   {i} pts:  {p} pts_time:{p} duration: 1 s:6x4 fmt:rgb24"

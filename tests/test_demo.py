@@ -10,8 +10,8 @@ import pytest
 
 def _mouth_shape(frames):
     """Per frame: (mouth width, mouth opening) in inter-ocular distances, from the face mesh."""
-    from preprocess.face_geometry import inter_ocular
-    from preprocess.landmarks import FaceTracker
+    from sslfer.face_geometry import inter_ocular
+    from sslfer.landmarks import FaceTracker
 
     shapes = []
     with FaceTracker(1, 8, 0.3) as tracker:

@@ -36,9 +36,9 @@ def labelled(tmp_path_factory):
 
 
 def test_the_readme_example_runs_and_equals_the_evaluation_features(exported, labelled, tmp_path):
-    from eval.embed import load_encoder
     from eval.probe import extract_features
-    from preprocess.stills import Still, aligned_faces
+    from sslfer.encoder import load_encoder
+    from sslfer.stills import Still, aligned_faces
 
     folder, _ = exported
     text = (ROOT / "README.md").read_text()

@@ -11,9 +11,8 @@ import torch
 
 from eval import metrics as M
 from eval.settings import EvalConfig
-from preprocess.config import load_config
-from tests.conftest import SHARED
-from tests.conftest import face_image as _face_image
+from sslfer.config import load_config
+from tests.conftest import SHARED, face_image as _face_image
 
 TINY = ["arch=resnet18", "image_size=32", "epochs=2", "batch_size=8", "workers=1", "gradcam_per_class=1"]
 
@@ -92,7 +91,7 @@ def test_affectnet_end_to_end_both_protocols_and_tasks(affectnet_dir, tmp_path):
 
 def test_alignment_is_cached(affectnet_dir, tmp_path):
     from eval.datasets import affectnet
-    from preprocess.stills import aligned_faces
+    from sslfer.stills import aligned_faces
 
     items = affectnet(affectnet_dir, 8, 0.25, 0).splits["test"]
     a, how = aligned_faces(items, tmp_path, 1, "t")
@@ -106,7 +105,7 @@ def test_alignment_is_cached(affectnet_dir, tmp_path):
 def test_checkpoint_formats(tmp_path):
     import torchvision
 
-    from eval.backbones import CheckpointError, load_backbone
+    from sslfer.backbone import CheckpointError, load_backbone
     from train.models import Contrastive
 
     model = Contrastive("resnet18", 64, 16)
@@ -134,7 +133,7 @@ def test_checkpoint_formats(tmp_path):
 
 
 def test_knn_and_verification_by_hand():
-    from eval.knn import knn_accuracy, knn_split, verification_accuracy
+    from sslfer.knn import knn_accuracy, knn_split, verification_accuracy
 
     ids = ["a"] * 10 + ["b"] * 10 + ["c"] * 3
     feats = np.array([[1.0, 0.1 * i] for i in range(10)] + [[0.1 * i, 1.0] for i in range(10)] +
@@ -155,7 +154,7 @@ def test_knn_and_verification_by_hand():
 
 
 def test_lfw_pairs_folds_are_contiguous_blocks(tmp_path):
-    from eval.knn import read_pairs
+    from sslfer.knn import read_pairs
 
     lines = ["10\t2"] + [f"A\t1\t{i + 2}" if i % 4 < 2 else f"A\t1\tB\t{i}" for i in range(40)]
     (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
@@ -401,8 +400,8 @@ def test_fer2013_kaggle_csv_with_spaced_headers_and_val_folders(tmp_path):
 
 def test_affectnet_landmarks_align_without_the_detector(tmp_path, photos, monkeypatch):
     from eval.datasets import affectnet_points
-    from preprocess import stills
-    from preprocess.face_geometry import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, five_points
+    from sslfer import stills
+    from sslfer.face_geometry import LEFT_EYE, MOUTH_CORNERS, NOSE_TIP, RIGHT_EYE, five_points
 
     img = _face_image(photos[list(photos)[0]], 3, 200)
     path = tmp_path / "face.jpg"
@@ -424,7 +423,7 @@ def test_affectnet_landmarks_align_without_the_detector(tmp_path, photos, monkey
 
 
 def test_a_detected_face_outside_the_given_box_is_not_used(tmp_path, photos):
-    from preprocess import stills
+    from sslfer import stills
 
     img = _face_image(photos[list(photos)[0]], 3, 200)
     path = tmp_path / "face.jpg"
@@ -462,7 +461,7 @@ def test_report_join_refuses_mixed_settings_and_writes_table1(tmp_path):
 
 
 def test_align_none_uses_whole_images_and_its_own_cache(tmp_path, photos):
-    from preprocess import stills
+    from sslfer import stills
 
     img = _face_image(photos[list(photos)[0]], 3, 48)
     path = tmp_path / "face.jpg"

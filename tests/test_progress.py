@@ -1,7 +1,7 @@
 """Progress off a terminal: plain lines at most every SSLFER_PROGRESS_S seconds, never bar redraws."""
 import io
 
-from preprocess.progress import ProgressLines, progress
+from sslfer.progress import ProgressLines, progress
 
 
 class Clock:

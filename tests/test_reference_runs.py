@@ -25,7 +25,7 @@ def reference_shards(good_corpus, tmp_path_factory):
 
 
 def run_steps(shards, run, preset):
-    from preprocess.config import load_config
+    from sslfer.config import load_config
     from train.pretrain import pretrain
     from train.settings import TrainConfig, preset_path
 

@@ -16,7 +16,7 @@ import pytest
 import webdataset as wds
 
 from preprocess import synthetic
-from preprocess.schema import MANIFEST, REJECTS, ClipSample, decode_npy, read_manifest, shard_paths
+from sslfer.shards.schema import MANIFEST, REJECTS, ClipSample, decode_npy, read_manifest, shard_paths
 from tests.conftest import SHARED, build
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_build_writes_shards_manifest_and_summary(built):
     assert donors and all(speakers[d.rsplit("/", 1)[0]] != s.meta["speaker"] for s, _, d in donors)
     assert summary["composites"] == sum(int(s.swap_slots().sum()) for s in samples) == len(donors)
     # coverage by mouth opening: every kept frame in one bin, composites counted per frame
-    from preprocess.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
+    from sslfer.face_geometry import MOUTH_BINS, mouth_bin, mouth_opening
 
     cov = summary["composite_coverage"]["by_mouth_opening"]
     assert list(cov) == [name for name, _ in MOUTH_BINS]
@@ -232,12 +232,12 @@ def test_landmark_descriptor_needs_no_weights(good_corpus, tmp_path):
 
 
 def test_missing_imagenet_weights_say_how_to_get_them(tmp_path, monkeypatch):
-    from preprocess import regions
-    from preprocess.regions import WeightsMissing, imagenet_resnet18
+    from sslfer import imagenet
+    from sslfer.imagenet import WeightsMissing, imagenet_resnet18
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     url = "file://" + str(tmp_path / "nowhere" / "resnet18-f37072fd.pth")  # a download that fails at once
-    monkeypatch.setattr(regions, "weights_url", lambda: url)
+    monkeypatch.setattr(imagenet, "weights_url", lambda: url)
     with pytest.raises(WeightsMissing, match="Download file://.*resnet18-f37072fd.pth on a machine"):
         imagenet_resnet18("")
     bad = tmp_path / "w.pth"
@@ -252,7 +252,7 @@ def test_missing_imagenet_weights_are_downloaded_and_hash_checked(tmp_path, monk
     import torch
     import torchvision
 
-    from preprocess import regions
+    from sslfer import imagenet
 
     source = tmp_path / "server" / "w.pth"
     source.parent.mkdir()
@@ -260,15 +260,15 @@ def test_missing_imagenet_weights_are_downloaded_and_hash_checked(tmp_path, monk
     sha = hashlib.sha256(source.read_bytes()).hexdigest()
     served = source.rename(source.with_name(f"resnet18-{sha[:8]}.pth"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(regions, "weights_url", lambda: "file://" + str(served))
-    path = regions.resnet18_weights("")
+    monkeypatch.setattr(imagenet, "weights_url", lambda: "file://" + str(served))
+    path = imagenet.resnet18_weights("")
     assert path == tmp_path / "home" / "hub" / "checkpoints" / served.name and path.read_bytes() == served.read_bytes()
-    assert regions.imagenet_resnet18("")(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
+    assert imagenet.imagenet_resnet18("")(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
     wrong = served.with_name("resnet18-00000000.pth")  # a file whose hash does not match its name
     served.rename(wrong)
-    monkeypatch.setattr(regions, "weights_url", lambda: "file://" + str(wrong))
-    with pytest.raises(regions.WeightsMissing):
-        regions.resnet18_weights("")
+    monkeypatch.setattr(imagenet, "weights_url", lambda: "file://" + str(wrong))
+    with pytest.raises(imagenet.WeightsMissing):
+        imagenet.resnet18_weights("")
     assert not (tmp_path / "home" / "hub" / "checkpoints" / wrong.name).exists()
 
 
@@ -278,7 +278,7 @@ def test_imagenet_weights_load_from_a_file(tmp_path):
 
     path = tmp_path / "resnet18.pth"
     torch.save(torchvision.models.resnet18().state_dict(), path)
-    from preprocess.regions import imagenet_resnet18
+    from sslfer.imagenet import imagenet_resnet18
 
     assert imagenet_resnet18(str(path))(torch.zeros(1, 3, 64, 64)).shape == (1, 512)
 
@@ -418,7 +418,7 @@ def test_packing_is_incremental(good_corpus, tmp_path, photos, monkeypatch):
 
 
 def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
-    from train.data import ShardIndex
+    from sslfer.shards.index import ShardIndex
 
     reference, _ = built
     shards = tmp_path / "s"
@@ -456,9 +456,9 @@ def test_long_clips_are_stored_as_windows(good_corpus, tmp_path, built):
 
 def test_faceswap_mask_keeps_mouth_corners_and_brows_whole():
     from preprocess import faceswap as fs
-    from preprocess.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH
     from preprocess.settings import ShardsConfig
     from preprocess.synthetic import face_photos, photo_landmarks
+    from sslfer.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH
 
     lm = photo_landmarks("astronaut")
     shape = face_photos()["astronaut"].shape[:2]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from preprocess.schema import read_manifest
+from sslfer.shards.schema import read_manifest
 from tests.conftest import build
 from tests.slurm_cluster import LocalSlurm, install_if_root
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from preprocess.config import load_config
-from preprocess.schema import SchemaError, shard_paths
+from sslfer import augment as aug
+from sslfer.config import load_config
+from sslfer.shards.schema import SchemaError, shard_paths
 from tests.conftest import build
-from train import augment as aug
 from train.settings import TrainConfig, preset_names, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,8 @@ def test_augment_is_per_sample_and_runs_the_whole_chain():
 
 
 def stream(shards, cfg, rank=0, world=1, start=0, end=5, **kw):
-    from train.data import BatchStream, ShardIndex, anchors_per_step
+    from sslfer.shards.index import ShardIndex
+    from train.data import BatchStream, anchors_per_step
     from train.plan import steps_per_epoch
 
     index = ShardIndex.build(Path(shards))
@@ -358,7 +359,8 @@ def test_damaged_shard_is_skipped_with_a_warning(train_shards, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from train.data import BatchStream, ShardIndex
+    from sslfer.shards.index import ShardIndex
+    from train.data import BatchStream
 
     copy = tmp_path / "copy"
     shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
@@ -390,7 +392,7 @@ def test_tar_reader_matches_tarfile_with_long_names(tmp_path):
 
     import webdataset as wds
 
-    from train.data import iter_tar_samples
+    from sslfer.shards.tar import iter_tar_samples
 
     path = tmp_path / "t.tar"
     long_key = "speaker-" + "v" * 120 + "-clip-0123abcd"  # > 100 characters: a pax header carries the name
@@ -609,8 +611,7 @@ def test_gpus_that_torch_cannot_use_stop_a_device_auto_run_before_any_work(train
 def _fault_worker(rank, port, shards, run, preset, fault, queue):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
                        "LOCAL_RANK": str(rank)})
-    from train import data, models
-    from train import pretrain as pt
+    from train import data, models, pretrain as pt
 
     if rank == 1 and fault == "nan":
         def nan(out):
@@ -719,20 +720,21 @@ def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
 
 
 def test_shard_index_is_cached_per_shard_and_rescanned_when_a_shard_changes(train_shards, tmp_path, monkeypatch):
-    from train import data
+    from sslfer.shards import tar
+    from sslfer.shards.index import ShardIndex
 
     copy = tmp_path / "copy"
     shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))
-    first = data.ShardIndex.build(copy)
+    first = ShardIndex.build(copy)
     assert list((copy / ".cache" / "tar-index").glob("*.npz"))
     scans = []
-    real = data.index_tar
-    monkeypatch.setattr(data, "index_tar", lambda p: scans.append(p) or real(p))
-    again = data.ShardIndex.build(copy)
+    real = tar.index_tar
+    monkeypatch.setattr(tar, "index_tar", lambda p: scans.append(p) or real(p))
+    again = ShardIndex.build(copy)
     assert scans == [] and again.keys == first.keys and (again.start == first.start).all()
     shard = shard_paths(copy)[0]
     os.utime(shard, ns=(shard.stat().st_atime_ns, shard.stat().st_mtime_ns + 10 ** 9))
-    data.ShardIndex.build(copy)
+    ShardIndex.build(copy)
     assert scans == [shard]
 
 
@@ -759,8 +761,8 @@ def test_manifest_clips_and_shard_index_equal_a_plain_fold_of_every_row(train_sh
     clips as sorted names."""
     import pyarrow.parquet as pq
 
-    from preprocess.schema import manifest_clips
-    from train.data import ShardIndex
+    from sslfer.shards.index import ShardIndex
+    from sslfer.shards.schema import manifest_clips
 
     rows = pq.read_table(Path(train_shards) / "manifest.parquet").to_pylist()
     fold: dict = {}
@@ -786,8 +788,9 @@ def test_ranks_warm_their_share_of_the_tar_index_cache(train_shards, tmp_path):
     from that cache is the one built from the tars."""
     import shutil
 
-    from preprocess.schema import shard_paths
-    from train.data import ShardIndex, index_tar, warm_tar_index
+    from sslfer.shards.index import ShardIndex
+    from sslfer.shards.schema import shard_paths
+    from sslfer.shards.tar import index_tar, warm_tar_index
 
     copy = tmp_path / "shards"
     shutil.copytree(train_shards, copy, ignore=shutil.ignore_patterns(".cache"))

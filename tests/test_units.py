@@ -5,11 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from preprocess import face_geometry as geo
-from preprocess.config import ConfigError, load_config, step_options, to_toml
-from preprocess.decode import grid_select
-from preprocess.schema import ClipSample, join_jpegs, encode_jpeg
 from preprocess.settings import STEPS, ShardsConfig
+from sslfer import face_geometry as geo
+from sslfer.config import ConfigError, load_config, step_options, to_toml
+from sslfer.decode import grid_select
+from sslfer.shards.schema import ClipSample, join_jpegs, encode_jpeg
 
 
 def test_config_file_then_overrides(tmp_path):
@@ -109,7 +109,7 @@ def test_shipped_config_file_matches_the_defaults():
 
 
 def test_npy_array_reads_and_writes_like_numpy(tmp_path):
-    from preprocess.cache import ArrayWriter, NpyArray
+    from sslfer.files import ArrayWriter, NpyArray
 
     expected = np.random.default_rng(0).integers(0, 255, (50, 4, 3), dtype=np.uint8)
     out = ArrayWriter(tmp_path / "a.npy", expected.shape, np.uint8)
@@ -317,7 +317,7 @@ def test_shard_writer_writes_what_webdataset_writes(tmp_path):
 
     import webdataset as wds
 
-    from preprocess.pack import ShardWriter
+    from sslfer.shards.tar import ShardWriter
 
     samples = [{"__key__": "id00001-v-00001-abcd_w0", "meta.json": b'{"a": 1}', "time.npy": bytes(40),
                 "faces.jpgs": b"x" * 1000}, {"__key__": "k" * 120, "meta.json": b"{}"}]
@@ -350,7 +350,7 @@ def test_tar_members_are_tarfiles_bytes():
     """The hand-made ustar header equals tarfile's (PAX format, webdataset's fields) at every name length."""
     import tarfile
 
-    from preprocess.pack import tar_member
+    from sslfer.shards.tar import tar_member
 
     for name in ["a.json", "id00001-yt000001-00001-0123abcd_w0.faces.idx.npy", "k" * 99, "k" * 100, "k" * 150,
                  "é.meta.json"]:
@@ -368,7 +368,7 @@ def test_npz_files_round_trip_through_numpy(tmp_path):
     import io
     import json
 
-    from preprocess.npz import NpzArrays, load_npz, save_npz_bytes
+    from sslfer.npz import NpzArrays, load_npz, save_npz_bytes
 
     rng = np.random.default_rng(0)
     arrays = {"landmarks": rng.normal(size=(2, 478, 2)).astype(np.float16), "time": np.arange(3.0),

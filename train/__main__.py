@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from preprocess.config import ConfigError, load_config, options_help
-from preprocess.schema import SchemaError
+from sslfer.config import ConfigError, load_config, options_help
+from sslfer.shards.schema import SchemaError
 from train.settings import TrainConfig, preset_names, preset_path
 
 

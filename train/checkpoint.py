@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from preprocess.cache import atomic_write_bytes
+from sslfer.files import atomic_write_bytes
 
 
 def atomic_save(obj, path: Path) -> None:
@@ -73,8 +73,8 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
     (`about`: preset, settings, commit) and how to load it without this repository."""
     from safetensors.torch import save as safetensors_bytes
 
-    from preprocess.face_geometry import TEMPLATE_UNIT
-    from train.augment import IMAGENET_MEAN, IMAGENET_STD
+    from sslfer.augment import IMAGENET_MEAN, IMAGENET_STD
+    from sslfer.face_geometry import TEMPLATE_UNIT
 
     state = backbone_state(model)
     atomic_save(state, path)
@@ -98,7 +98,7 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
                                 f"'{tensors.name}')); m.fc = torch.nn.Identity()",
                  "timm": f"timm.create_model('{arch}', pretrained=True, num_classes=0, "
                          f"pretrained_cfg_overlay=dict(file='{tensors.name}'))",
-                 "this project": f"eval.embed.load_encoder('{path.name}') and eval.embed.FacePreprocess()"},
+                 "this project": f"sslfer.load_encoder('{path.name}') and sslfer.FacePreprocess()"},
         **(about or {}),
     }
     atomic_write_bytes(path.with_suffix(".json"), (json.dumps(card, indent=2) + "\n").encode())

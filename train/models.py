@@ -7,26 +7,10 @@ import math
 
 import torch
 import torch.nn as nn
-import torchvision
 
+from sslfer.backbone import mlp, resnet_backbone
 from train import distributed as dist
 from train.losses import byol_loss, moco_loss
-
-
-def resnet_backbone(arch: str) -> tuple[nn.Module, int]:
-    """torchvision ResNet from scratch without its classifier, and its feature width."""
-    if arch not in ("resnet18", "resnet34", "resnet50", "resnet101"):
-        raise ValueError(f"arch={arch!r}: expected resnet18, resnet34, resnet50 or resnet101")
-    net = getattr(torchvision.models, arch)()
-    width = net.fc.in_features
-    net.fc = nn.Identity()
-    return net, width
-
-
-def mlp(inp: int, hidden: int, out: int, bn: bool = False) -> nn.Sequential:
-    layers = [nn.Linear(inp, hidden)] + ([nn.BatchNorm1d(hidden)] if bn else []) + [nn.ReLU(inplace=True),
-                                                                                    nn.Linear(hidden, out)]
-    return nn.Sequential(*layers)
 
 
 class Contrastive(nn.Module):

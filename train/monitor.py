@@ -6,7 +6,7 @@ identity). Every `monitor_every` steps the frozen backbone embeds two small labe
 - identity: a folder of `<person>/*.jpg` (people with >= 4 images), 70/30 split per person, 1-NN (cosine) →
   FR-KNN accuracy (lower = less identity in the features).
 
-Faces are aligned once with the pretraining template (`preprocess.stills`) and cached; the image lists are a
+Faces are aligned once with the pretraining template (`sslfer.stills`) and cached; the image lists are a
 seeded sample of at most `monitor_max_images` per set."""
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from preprocess.stills import Still, aligned_faces
-from train.augment import eval_transform
+from sslfer.augment import eval_transform
+from sslfer.stills import Still, aligned_faces
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 KNN_K = 10

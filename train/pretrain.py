@@ -14,16 +14,17 @@ from pathlib import Path
 
 import torch
 
-from preprocess.config import to_toml
-from preprocess.progress import progress
-from preprocess.regions import resolve_device
-from preprocess.schema import manifest_file, shard_paths
-from train import distributed as dist
-from train import runinfo
-from train.augment import augment
+from sslfer.augment import augment
+from sslfer.config import to_toml
+from sslfer.device import resolve_device
+from sslfer.progress import progress
+from sslfer.shards.index import ShardIndex
+from sslfer.shards.schema import manifest_file, shard_paths
+from sslfer.shards.tar import warm_tar_index
+from train import distributed as dist, runinfo
 from train.checkpoint import (export_backbone, load_checkpoint, save_checkpoint, set_rng_state, settings_diff,
                               unwrap)
-from train.data import BatchStream, ShardIndex, anchors_per_step, augment_options, step_seed, warm_tar_index
+from train.data import BatchStream, anchors_per_step, augment_options, step_seed
 from train.losses import false_negatives, info_nce, near_duplicates
 from train.models import build_model
 from train.plan import steps_per_epoch as plan_steps

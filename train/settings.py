@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from preprocess.config import option
+from sslfer.config import option
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
@@ -114,7 +114,7 @@ def preset_names() -> list[str]:
 def preset_path(name: str) -> Path:
     path = PRESET_DIR / f"{name}.toml"
     if not path.is_file():
-        from preprocess.config import ConfigError
+        from sslfer.config import ConfigError
 
         raise ConfigError(f"preset {name!r} not found; presets: {', '.join(preset_names())}")
     return path

@@ -13,9 +13,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from preprocess.cache import ArrayWriter, NpyArray, atomic_write_bytes
-from preprocess.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
-from preprocess.progress import progress
+from sslfer.face_geometry import TEMPLATE_UNIT, alignment_matrix, box_crop_matrix, five_points, similarity
+from sslfer.files import ArrayWriter, NpyArray, atomic_write_bytes
+from sslfer.progress import progress
 
 FACE_SIZE = 128
 ALIGN_VERSION = 3
@@ -47,7 +47,7 @@ def _landmarks(rgb: np.ndarray) -> np.ndarray | None:
     """Face-mesh landmarks in the image's pixels, or None. Tightly cropped faces (FER2013) are often missed
     by the detector, so a second try pads the image with grey; small images are enlarged first."""
     global _mesh
-    from preprocess.landmarks import quiet_stderr
+    from sslfer.landmarks import quiet_stderr
 
     if _mesh is None:
         with quiet_stderr():

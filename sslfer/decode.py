@@ -23,7 +23,12 @@ import cv2
 import ffmpeg
 import numpy as np
 
-from preprocess.corpus import FRAME_EXTENSIONS, Clip
+VIDEO_EXTENSIONS = {".mp4", ".mov", ".avi", ".mkv"}
+
+
+FRAME_EXTENSIONS = {".jpg", ".jpeg", ".png"}
+
+
 
 
 class DecodeError(RuntimeError):
@@ -233,10 +238,3 @@ def read_frame_folder(folder: Path, sample_fps: float, frames_fps: float, max_si
             s = max_side / max(h, w)
             bgr = cv2.resize(bgr, (round(w * s), round(h * s)), interpolation=cv2.INTER_AREA)
         yield Frame(times[i], n, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-
-
-def read_clip(clip: Clip, sample_fps: float, frames_fps: float, max_side: int,
-              report: DecodeReport) -> Iterator[Frame]:
-    if clip.kind == "frames":
-        return read_frame_folder(clip.path, sample_fps, frames_fps, max_side)
-    return read_video(clip.path, sample_fps, max_side, report)

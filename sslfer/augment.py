@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from preprocess.regions import IMAGENET_MEAN, IMAGENET_STD
+from sslfer.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 FACE_SIZE = 128  # side of the stored aligned faces
 MASK_PAD = 10    # pixels (at 128) around the eye or mouth box, as the official code

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from preprocess.face_geometry import five_points, inter_ocular
+from sslfer.face_geometry import five_points, inter_ocular
 
 
 @contextlib.contextmanager

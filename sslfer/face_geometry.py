@@ -137,3 +137,16 @@ def crop_region(image: np.ndarray, to_image_box: np.ndarray, box: np.ndarray, si
     crop[:, :pad_x] = 0
     crop[:, size - pad_x:] = 0
     return crop
+
+
+def align_face(rgb: np.ndarray, landmarks: np.ndarray, face_size: int, region_size: int):
+    """Aligned face, landmarks and [eyes, mouth] boxes in crop pixels, and the eye and mouth crops (taken
+    from the full-resolution frame)."""
+    m = alignment_matrix(landmarks, face_size)
+    interp = cv2.INTER_AREA if np.hypot(*m[0, :2]) < 1 else cv2.INTER_LINEAR
+    face = cv2.warpAffine(rgb, m, (face_size, face_size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+    lm = apply(m, landmarks)
+    boxes = region_boxes(lm)
+    eyes = crop_region(rgb, m, boxes[0], region_size)
+    mouth = crop_region(rgb, m, boxes[1], region_size)
+    return face, lm, boxes, eyes, mouth
