@@ -15,7 +15,7 @@ ARGS ?=
 RUN ?= runs/$(PRESET)
 PRESET ?= sslfer
 CKPT ?=
-PROTOCOL ?= both
+PROTOCOL ?=
 TASK ?=
 REPORT ?=
 RUNS ?=
@@ -25,10 +25,10 @@ GPUS_PER_NODE ?= 8
 TASKS_PER_NODE ?= $(if $(filter-out 0,$(GPUS_PER_NODE)),$(GPUS_PER_NODE),1)
 CPUS_PER_TASK ?= 8
 SBATCH_ARGS ?=
-EVAL = $(PY) -m eval $(1) "$(2)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") \
-	protocol=$(PROTOCOL) $(if $(TASK),task=$(TASK)) $(3) $(ARGS)
+# make eval-<dataset>: its data folder is the variable of its name in capitals (AFFECTNET=, FER2013=...) or DATA=
+EVAL_DATA = $(or $($(shell echo '$(1)' | tr 'a-z-' 'A-Z_')),$(DATA))
 
-.PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 embed eval-affectnet eval-fer2013 eval-rafdb eval-lfw eval-folder report test \
+.PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 embed report test \
 	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
@@ -104,20 +104,11 @@ pretrain-slurm: setup
 	  --export=ALL,SHARDS="$(SHARDS)",RUN="$(RUN)",PRESET="$(PRESET)",CONFIG="$(CONFIG)",ARGS="$(ARGS)" \
 	  $(SBATCH_ARGS) configs/slurm/pretrain.sbatch
 
-eval-affectnet: setup
-	$(call EVAL,affectnet,$(AFFECTNET),$(if $(TASK),,task=both))
-
-eval-fer2013: setup
-	$(call EVAL,fer2013,$(FER2013),epochs=300)
-
-eval-rafdb: setup
-	$(call EVAL,rafdb,$(RAFDB))
-
-eval-lfw: setup
-	$(PY) -m eval lfw "$(LFW)" $(foreach c,$(CKPT),--ckpt "$(c)") $(if $(REPORT),--report "$(REPORT)") $(ARGS)
-
-eval-folder: setup
-	$(call EVAL,folder,$(DATA))
+eval-%: setup
+	@if [ -z "$(call EVAL_DATA,$*)" ] || [ -z "$(CKPT)" ]; then \
+	  echo "usage: make eval-$* CKPT=\"<ckpt ...>\" $(shell echo '$*' | tr 'a-z-' 'A-Z_')=<data> (or DATA=<data>)"; exit 2; fi
+	$(PY) -m eval $* "$(call EVAL_DATA,$*)" --paper-settings $(foreach c,$(CKPT),--ckpt "$(c)") \
+	  $(if $(REPORT),--report "$(REPORT)") $(if $(PROTOCOL),protocol=$(PROTOCOL)) $(if $(TASK),task=$(TASK)) $(ARGS)
 
 table1: setup
 	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \

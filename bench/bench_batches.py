@@ -28,8 +28,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train.plan import epoch_plan, steps_per_epoch  # noqa: E402
-from train.sampling import (frame_offset_positive, hard_negative, hard_negative_apart,  # noqa: E402
-                            timeaug_positive)
+from train.positives.hardneg import hard_negative, hard_negative_apart  # noqa: E402
+from train.positives.timeaug import frame_offset_positive, timeaug_positive  # noqa: E402
 
 FPS = 25 / 6
 

@@ -171,7 +171,7 @@ def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int,
 
 def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, workers: int, device: str) -> dict:
     from train.losses import info_nce
-    from train.models import build_model
+    from train.methods import build_method
     from train.pretrain import make_optimizer, pretrain
 
     overrides = [f"arch={arch}", f"image_size={size}", f"batch_size={2 * anchors}", f"workers={workers}",
@@ -185,7 +185,7 @@ def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, wor
     wait = float(np.median([r["data_wait"] for r in rows[skip:]]))
     # model-only ceiling: the same model and batch (4 x anchors images with HardNeg) already on the device
     torch.manual_seed(0)
-    model = build_model(cfg).to(device)
+    model = build_method(cfg).to(device)
     cuda = device.startswith("cuda")
     if cuda:
         model = model.to(memory_format=torch.channels_last)
@@ -199,7 +199,7 @@ def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, wor
     for i in range(steps):
         t0 = time.perf_counter()
         with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
-            loss = info_nce(model(x), pos, 0.07)["loss"]
+            loss = info_nce(model.project(x), pos, 0.07)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,6 +1,6 @@
-"""Command line of the evaluation: `python -m eval fer2013|affectnet|lfw|folder DATA --ckpt X [--ckpt Y]
-[--report DIR] [key=value ...]`, `python -m eval report DIR ... [--out FILE]` (what `make eval-*` runs) and
-`python -m eval embed INPUT... --ckpt X --out FILE.parquet` (eval/embed.py)."""
+"""Command line of the evaluation: `python -m eval <dataset> DATA --ckpt X [--ckpt Y] [--report DIR]
+[key=value ...]` for every dataset of eval/registry.py (what `make eval-<dataset>` runs), `python -m eval report
+DIR ... [--out FILE]` and `python -m eval embed INPUT... --ckpt X --out FILE.parquet` (eval/embed.py)."""
 from __future__ import annotations
 
 import argparse
@@ -10,10 +10,18 @@ from pathlib import Path
 
 from eval.settings import EvalConfig
 from sslfer.config import ConfigError, load_config, options_help
+from sslfer.plugins import PluginError, load_plugins
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        load_plugins()
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from eval.registry import DATASETS
+
     if argv[:1] == ["embed"]:  # its own options: python -m eval embed --help
         from eval.embed import main as embed
 
@@ -25,12 +33,18 @@ def main(argv=None) -> int:
         epilog="CKPT: a checkpoint of this project (checkpoints/last.pt), an exported backbone.pt, any torchvision "
                "ResNet state dict, the official code's checkpoints, 'imagenet', 'random', or 'eyemouth' (the "
                "ImageNet ResNet18 eye+mouth descriptor of Table 5; 'eyemouth=<weights file>').\n\n"
-               "options (key=value):\n" + options_help(EvalConfig))
-    parser.add_argument("dataset", choices=["fer2013", "affectnet", "rafdb", "lfw", "folder", "report"],
-                        help="which protocol; 'folder' = any <class>/* image folders; 'report' joins reports")
+               "datasets (DATA [the paper's settings for it, applied with --paper-settings]):\n"
+               + "".join(f"  {d.name}: {d.data}" + (f" [{' '.join(d.defaults)}]" if d.defaults else "") + "\n"
+                         for d in DATASETS.values())
+               + "\noptions (key=value):\n" + options_help(EvalConfig))
+    parser.add_argument("dataset", choices=[*DATASETS, "report"],
+                        help="which dataset (eval/registry.py, or yours via SSLFER_PLUGINS); 'report' joins reports")
     parser.add_argument("data", nargs="+", help="the dataset folder (or fer2013.csv); for 'report': report folders")
     parser.add_argument("--ckpt", action="append", default=[], help="backbone to evaluate (repeatable)")
     parser.add_argument("--report", help="report folder (default reports/<dataset>-<time>)")
+    parser.add_argument("--paper-settings", action="store_true",
+                        help="the dataset's settings from the paper (listed below) before your key=value; "
+                             "make eval-<dataset> and make table1 pass it")
     parser.add_argument("--pairs", help="LFW pairs.txt for 10-fold verification (default DATA/pairs.txt if there)")
     parser.add_argument("--out", help="report: write the joined table here too")
     parser.add_argument("--note", action="append", default=[], help="report: a line under the joined table "
@@ -54,25 +68,18 @@ def main(argv=None) -> int:
             if args.out:
                 Path(args.out).write_text(text)
             return 0
-        cfg = load_config(EvalConfig, None, overrides)
+        entry = DATASETS[args.dataset]
+        cfg = load_config(EvalConfig, None, [*(entry.defaults if args.paper_settings else ()), *overrides])
         if not args.ckpt:
             raise ConfigError("give at least one --ckpt (CKPT=...)")
         data = Path(args.data[0])
         report_dir = Path(args.report or f"reports/{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
         t0 = time.time()
-        if args.dataset == "lfw":
+        if entry.task == "identity":
             pairs = Path(args.pairs) if args.pairs else (data / "pairs.txt" if (data / "pairs.txt").is_file() else None)
-            metrics = evaluate_lfw(D.lfw(data), args.ckpt, cfg, report_dir, pairs)
+            metrics = evaluate_lfw(entry.load(data, cfg), args.ckpt, cfg, report_dir, pairs)
         else:
-            if args.dataset == "fer2013":
-                ds = D.fer2013(data, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-            elif args.dataset == "affectnet":
-                ds = D.affectnet(data, cfg.classes, cfg.val_fraction, cfg.seed)
-            elif args.dataset == "rafdb":
-                ds = D.rafdb(data, cfg.val_fraction, cfg.seed)
-            else:
-                ds = D.image_folder(data, data.name, cfg.val_fraction, cfg.test_fraction, cfg.seed)
-            metrics = evaluate_expressions(ds, args.ckpt, cfg, report_dir)
+            metrics = evaluate_expressions(entry.load(data, cfg), args.ckpt, cfg, report_dir)
     except (ConfigError, D.DatasetError, CheckpointError, WeightsMissing, FileNotFoundError, ValueError,
             R.MixedSettings) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from eval.registry import table1_columns
+
 COLUMNS = [  # (title, section, key, format)
     ("Linear F1", "linear_expr", "f1", "pct"), ("Linear Acc", "linear_expr", "acc", "pct"),
     ("Fine-tune F1", "finetune_expr", "f1", "pct"), ("Fine-tune Acc", "finetune_expr", "acc", "pct"),
@@ -119,24 +121,6 @@ def grid_png(rows: dict[str, list[np.ndarray]], labels: list[str], out: Path, ti
     plt.close(fig)
 
 
-# Table 1's columns: (title, dataset, section, key, format); a joined report shows those that were run
-TABLE1 = [
-    ("Freeze-AffectNet F1", "affectnet", "linear_expr", "f1", "pct"),
-    ("Freeze-AffectNet Acc", "affectnet", "linear_expr", "acc", "pct"),
-    ("Finetune-AffectNet F1", "affectnet", "finetune_expr", "f1", "pct"),
-    ("Finetune-AffectNet Acc", "affectnet", "finetune_expr", "acc", "pct"),
-    ("Valence CCC", "affectnet", "finetune_va", "v_ccc", "num"),
-    ("Valence RMSE", "affectnet", "finetune_va", "v_rmse", "num"),
-    ("Arousal CCC", "affectnet", "finetune_va", "a_ccc", "num"),
-    ("Arousal RMSE", "affectnet", "finetune_va", "a_rmse", "num"),
-    ("Freeze-FER2013 Acc", "fer2013", "linear_expr", "acc", "pct"),
-    ("Finetune-FER2013 Acc", "fer2013", "finetune_expr", "acc", "pct"),
-    ("Freeze-RAF-DB Acc", "rafdb", "linear_expr", "acc", "pct"),
-    ("Finetune-RAF-DB Acc", "rafdb", "finetune_expr", "acc", "pct"),
-    ("FR-KNN ↓", "lfw", "fr_knn", "acc", "pct"),
-]
-
-
 def settings(metrics: dict) -> dict:
     """What a report's numbers depend on besides the checkpoints: two reports of one dataset join only when
     these are equal."""
@@ -213,8 +197,9 @@ def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = 
             by_dataset.setdefault(m["dataset"], {}).setdefault(name, {}).update(r)
         provenance.update(m.get("provenance", {}))
     names = list(dict.fromkeys(n for rows in by_dataset.values() for n in rows))
-    cols = [c for c in TABLE1 if any(_value(by_dataset.get(c[1], {}).get(n, {}).get(c[2]), c[3]) is not None
-                                     for n in names)]
+    # Table 1's columns of the registered datasets; a joined report shows those that were run
+    cols = [c for c in table1_columns()
+            if any(_value(by_dataset.get(c[1], {}).get(n, {}).get(c[2]), c[3]) is not None for n in names)]
     out = []
     if cols:
         out += ["## Table 1", "", "| checkpoint | " + " | ".join(c[0] for c in cols) + " |",

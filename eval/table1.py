@@ -28,10 +28,13 @@ PRETRAIN_SBATCH = Path(__file__).resolve().parents[1] / "configs" / "slurm" / "p
 # Table 1's rows, in its order
 TABLE1_PRESETS = ["simclr", "mocov2", "byol", "timeaug", "timeaug-hardneg", "timeaug-hardneg-cutmix",
                   "timeaug-faceswap-maskfn", "timeaug-hardneg-faceswap", "sslfer"]
-# what each dataset's columns need (Table 1: AffectNet linear + fine-tune, expression and valence/arousal;
-# FER2013 fine-tune at 300 epochs; LFW FR-KNN from Table 2)
-DATASET_ARGS = {"affectnet": ["protocol=both", "task=both"], "fer2013": ["protocol=finetune", "epochs=300"],
-                "rafdb": ["protocol=both"], "lfw": []}
+
+
+def table1_datasets() -> list:
+    """The registered datasets with Table 1 columns (eval/registry.py), in its order."""
+    from eval.registry import DATASETS
+
+    return [d for d in DATASETS.values() if d.columns]
 
 
 def finished(run: Path) -> bool:
@@ -50,15 +53,15 @@ def plan(a) -> tuple[list[tuple[str, list[str]]], list[tuple[str, list[str]]], l
     chosen = "checkpoints/best.pt" if a.checkpoint == "best" else "backbone.pt"
     ckpts = [x for p in presets for x in ("--ckpt", str(runs / p / chosen))]
     evals = []
-    for ds in DATASET_ARGS:
-        data = getattr(a, ds)
+    for ds in table1_datasets():
+        data = getattr(a, ds.name)
         if data:
-            evals.append((f"eval-{ds}", [py, "-m", "eval", ds, data, *ckpts, "--report", str(out / ds),
-                                         *DATASET_ARGS[ds], *shlex.split(a.eval)]))
+            evals.append((f"eval-{ds.name}", [py, "-m", "eval", ds.name, data, *ckpts, "--report", str(out / ds.name),
+                                              "--paper-settings", *ds.table1_args, *shlex.split(a.eval)]))
     rule = (f"Each row is its run's checkpoints/best.pt: the step with the best online expression kNN on "
             f"{a.monitor} (checked every monitor_every steps)." if a.checkpoint == "best" else
             "Each row is its run's last step (backbone.pt).")
-    join = [py, "-m", "eval", "report", *[str(out / ds) for ds in DATASET_ARGS if getattr(a, ds)],
+    join = [py, "-m", "eval", "report", *[str(out / ds.name) for ds in table1_datasets() if getattr(a, ds.name)],
             "--out", str(out / "table1.md"), "--note", rule]
     return train, evals, join
 
@@ -121,11 +124,18 @@ def write_slurm(a, train, evals, join) -> Path:
 
 
 def main(argv=None) -> int:
+    from sslfer.plugins import PluginError, load_plugins
+
+    try:
+        load_plugins()
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     p = argparse.ArgumentParser(prog="python -m eval.table1", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", required=True, help="make shards output (the pretraining corpus)")
-    for ds in DATASET_ARGS:
-        p.add_argument(f"--{ds}", default="", help=f"{ds} folder (its columns are left out when not given)")
+    for ds in table1_datasets():
+        p.add_argument(f"--{ds.name}", default="", help=f"{ds.data} (its columns are left out when not given)")
     p.add_argument("--presets", default=" ".join(TABLE1_PRESETS), help="presets, in the table's order")
     p.add_argument("--runs", default="runs", help="run folders: RUNS/<preset>")
     p.add_argument("--out", default="reports/table1", help="reports per dataset and table1.md")
@@ -147,8 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks-per-node", type=int, default=1, help="CPU ranks per node when --gpus-per-node 0")
     p.add_argument("--cpus-per-task", type=int, default=8, help="CPUs of each rank and of each evaluation job")
     a = p.parse_args(argv)
-    if not any(getattr(a, ds) for ds in DATASET_ARGS):
-        p.error("give at least one of --affectnet --fer2013 --rafdb --lfw")
+    if not any(getattr(a, ds.name) for ds in table1_datasets()):
+        p.error(f"give at least one of {' '.join('--' + ds.name for ds in table1_datasets())}")
     a.checkpoint = a.checkpoint or ("best" if a.monitor else "last")
     if a.checkpoint == "best" and not a.monitor:
         p.error("--checkpoint best needs --monitor DIR (the set whose kNN score picks the step)")

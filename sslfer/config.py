@@ -20,7 +20,8 @@ class ConfigError(ValueError):
 def option(default, help: str, step: str | None = None, choices: tuple | None = None,
            between: tuple | None = None):
     """A config field with its help text, (optionally) the pipeline step it belongs to, and what values it
-    accepts: `choices` (a set of values) or `between` ((low, high), inclusive; None = unbounded)."""
+    accepts: `choices` (a set of values, or a function giving them: a registry's names) or `between` ((low,
+    high), inclusive; None = unbounded)."""
     return dataclasses.field(default=default, metadata={"help": help, "step": step, "choices": choices,
                                                         "between": between})
 
@@ -28,6 +29,8 @@ def option(default, help: str, step: str | None = None, choices: tuple | None = 
 def check_value(f: dataclasses.Field, value) -> None:
     """ConfigError (one line, naming the accepted values) unless the field accepts `value`."""
     choices, between = f.metadata.get("choices"), f.metadata.get("between")
+    if callable(choices):
+        choices = choices()
     if choices is not None and value not in choices:
         raise ConfigError(f"{f.name}={value}: expected one of {' | '.join(str(c) for c in choices)}")
     if between is not None:

@@ -20,11 +20,11 @@ SMALL = ["arch=resnet18", "image_size=64"]
 def exported(tmp_path_factory):
     """backbone.pt / .safetensors / .json as the trainer writes them, from a resnet18 model."""
     from train.checkpoint import export_backbone
-    from train.models import Contrastive
+    from train.methods.base import ProjectedBackbone
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("run")
-    model = Contrastive("resnet18", 64, 32)
+    model = ProjectedBackbone("resnet18", 64, 32)
     export_backbone(model, folder / "backbone.pt", "resnet18", 64, {"trained_with": {"preset": "sslfer"}})
     return folder, model
 

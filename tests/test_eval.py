@@ -106,9 +106,9 @@ def test_checkpoint_formats(tmp_path):
     import torchvision
 
     from sslfer.backbone import CheckpointError, load_backbone
-    from train.models import Contrastive
+    from train.methods.base import ProjectedBackbone
 
-    model = Contrastive("resnet18", 64, 16)
+    model = ProjectedBackbone("resnet18", 64, 16)
     torch.save({"model": model.state_dict(), "config": {"arch": "resnet18"}}, tmp_path / "last.pt")
     name, net, width = load_backbone(str(tmp_path / "last.pt"))
     assert width == 512 and "resnet18" in name

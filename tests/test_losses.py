@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from train.losses import byol_loss, false_negatives, info_nce, moco_loss
-from train.sampling import (frame_offset_positive, hard_negative, hard_negative_apart, time_offset,
-                            timeaug_positive)
+from train.positives.hardneg import hard_negative, hard_negative_apart
+from train.positives.timeaug import frame_offset_positive, time_offset, timeaug_positive
 
 # Four unit views: 0 and 1 are instance A's two views, 2 and 3 instance B's.
 Z = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [-0.8, 0.6]])

@@ -167,7 +167,7 @@ def test_a_step_is_the_same_whatever_the_ranks_and_workers(train_shards):
 def _ddp_worker(rank, world, init_file, queue):
     import torch.distributed as tdist
 
-    from train.pretrain import contrastive_step
+    from train.methods.simclr import contrastive_step
 
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     cfg = config("sslfer", "temperature=0.2")
@@ -210,7 +210,7 @@ def test_ddp_loss_and_gradients_equal_single_process(tmp_path):
     import torch.multiprocessing as mp
 
     from train.losses import false_negatives, info_nce, near_duplicates
-    from train.pretrain import view_groups
+    from train.methods.simclr import view_groups
 
     cfg = config("sslfer", "temperature=0.2")
     world = 2
@@ -315,9 +315,10 @@ def test_resume_after_kill_continues_from_the_last_checkpoint(train_shards, tmp_
 
 def test_non_finite_losses_stop_the_run_with_a_message(train_shards, tmp_path, monkeypatch):
     from train import pretrain as pt
+    from train.methods import simclr
 
-    real = pt.info_nce
-    monkeypatch.setattr(pt, "info_nce", lambda *a, **k: {**real(*a, **k), "loss": torch.tensor(float("nan"),
+    real = simclr.info_nce
+    monkeypatch.setattr(simclr, "info_nce", lambda *a, **k: {**real(*a, **k), "loss": torch.tensor(float("nan"),
                                                                                                requires_grad=True)})
     with pytest.raises(pt.TrainingStopped, match="not finite for 3 steps in a row"):
         pt.pretrain(train_shards, tmp_path / "run", config("simclr", "max_steps=10", "max_bad_steps=3"))
@@ -611,15 +612,16 @@ def test_gpus_that_torch_cannot_use_stop_a_device_auto_run_before_any_work(train
 def _fault_worker(rank, port, shards, run, preset, fault, queue):
     os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank),
                        "LOCAL_RANK": str(rank)})
-    from train import data, models, pretrain as pt
+    from train import data, pretrain as pt
+    from train.methods import byol, mocov2, simclr
 
     if rank == 1 and fault == "nan":
         def nan(out):
             return {**out, "loss": out["loss"] * float("nan")}
-        real_nce, real_moco, real_byol = pt.info_nce, models.moco_loss, models.byol_loss
-        pt.info_nce = lambda *a, **k: nan(real_nce(*a, **k))
-        models.moco_loss = lambda *a, **k: nan(real_moco(*a, **k))
-        models.byol_loss = lambda *a, **k: real_byol(*a, **k) * float("nan")
+        real_nce, real_moco, real_byol = simclr.info_nce, mocov2.moco_loss, byol.byol_loss
+        simclr.info_nce = lambda *a, **k: nan(real_nce(*a, **k))
+        mocov2.moco_loss = lambda *a, **k: nan(real_moco(*a, **k))
+        byol.byol_loss = lambda *a, **k: real_byol(*a, **k) * float("nan")
     if rank == 1 and fault == "data":
         def broken(self, step):
             raise RuntimeError("every shard of this rank is damaged")
@@ -740,14 +742,13 @@ def test_shard_index_is_cached_per_shard_and_rescanned_when_a_shard_changes(trai
 
 def test_faceswap_positives_use_every_stored_composite(train_shards):
     """With two composites per frame (two donors), a FaceSwap positive picks either, about evenly."""
-    from train.data import View
+    from train.positives import View
 
-    s = stream(train_shards, config("sslfer", "p_swap=1.0"))
+    s = stream(train_shards, config("sslfer", "p_swap=1.0", "timeaug=false"))  # the positive is the anchor's frame
     clips = [s.load(i, np.random.default_rng(0), {"unreadable": 0})[1] for i in range(len(s.index))]
     cid = next(i for i, c in enumerate(clips) if c.swap_slots().all(1).any())
     clip = clips[cid]
     frame = int(np.flatnonzero(clip.swap_slots().all(1))[0])
-    s.cfg.timeaug = False  # the positive is the anchor's own frame
     rng, stats = np.random.default_rng(0), {"swaps": 0}
     picks = [s.positive(View(cid, clip, frame), rng, stats).swap for _ in range(400)]
     assert set(picks) == {0, 1} and 150 < picks.count(1) < 250 and stats["swaps"] == 400

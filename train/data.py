@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import tarfile
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,28 +17,19 @@ import torch
 from sslfer.shards.index import ClipReader, ShardIndex
 from sslfer.shards.schema import ClipSample, SchemaError
 from train.plan import epoch_plan
-from train.sampling import frame_offset_positive, hard_negative, hard_negative_apart, timeaug_positive
+from train.positives import View, active_pieces
+from train.positives.hardneg import HardNegatives
 from train.settings import TrainConfig
 
 STEP_STREAM = 0x5EED  # keeps a step's sampling apart from the plan's random numbers
 READ_ERRORS = (tarfile.TarError, EOFError, OSError, SchemaError, KeyError, ValueError)
-
-
-@dataclass
-class View:
-    cid: int
-    clip: ClipSample
-    frame: int
-    swap: int = -1  # which of the frame's FaceSwap composites (-1: the face itself)
+# what a step's batch counts (its "stats"): summed over the ranks into every log row, the run's totals and summary
+BATCH_COUNTS = ("distinct_clips", "hardneg_missing", "hardneg_other_clip", "hardneg_close", "swaps", "unreadable")
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:
     """The seed of everything random in one step of one rank (frames drawn, FaceSwap, augmentation)."""
     return int(np.random.default_rng([seed, step, rank, STEP_STREAM]).integers(2 ** 62))
-
-
-def parse_list(text: str, kind=float) -> list:
-    return [kind(x) for x in text.replace(" ", "").split(",") if x]
 
 
 class BatchStream(torch.utils.data.IterableDataset):
@@ -56,12 +46,8 @@ class BatchStream(torch.utils.data.IterableDataset):
         self._plan: tuple[int, np.ndarray] | None = None
         self._reader: ClipReader | None = None
         self._bad: set[int] = set()
-        self.by_speaker = index.clips_by_speaker()
-        self.time_frames = parse_list(cfg.timeaug_frames, int)
-        self.time_weights = parse_list(cfg.timeaug_frame_weights) or [1.0] * len(self.time_frames)
-        if len(self.time_weights) != len(self.time_frames) or any(d < 1 for d in self.time_frames):
-            raise ValueError(f"timeaug_frames={cfg.timeaug_frames!r} needs positive offsets and as many "
-                             f"timeaug_frame_weights ({cfg.timeaug_frame_weights!r})")
+        self.pieces = active_pieces(cfg, self)  # TimeAug, FaceSwap, CutMix, yours: train/positives/
+        self.hard_negative = HardNegatives(cfg, self) if cfg.hardneg else None
 
     def plan(self, epoch: int) -> np.ndarray:
         if self._plan is None or self._plan[0] != epoch:
@@ -84,20 +70,19 @@ class BatchStream(torch.utils.data.IterableDataset):
         mine = self.plan(epoch)[j, self.rank * self.local:(self.rank + 1) * self.local]
         seed = step_seed(cfg.seed, step, self.rank)
         rng = np.random.default_rng(seed)
-        stats = {"distinct_clips": len(set(mine.tolist())), "hardneg_missing": 0, "hardneg_other_clip": 0,
-                 "hardneg_close": 0, "swaps": 0, "unreadable": 0}
+        stats = {**dict.fromkeys(BATCH_COUNTS, 0), "distinct_clips": len(set(mine.tolist()))}
         anchors, positives, extra = [], [], []
         for cid in mine.tolist():
             a = self.view(cid, rng, stats)
             anchors.append(a)
             positives.append(self.positive(a, rng, stats))
-            if cfg.hardneg:
+            if self.hard_negative:
                 extra.append(self.hard_negative(a, positives[-1], rng, stats))
         anchors += [e[0] for e in extra]
         positives += [e[1] for e in extra]
         images = [self.image(v) for v in anchors] + [self.image(v) for v in positives]
-        if cfg.cutmix:
-            self.cutmix(images, anchors, rng, stats)
+        for piece in self.pieces:
+            piece.edit_images(images, anchors, rng, stats)
         views = anchors + positives
         batch = {
             "step": step,
@@ -141,74 +126,20 @@ class BatchStream(torch.utils.data.IterableDataset):
         cid, clip = self.load(cid, rng, stats)
         return View(cid, clip, int(rng.integers(len(clip))))
 
-    def positive(self, a: View, rng, stats, bounds: tuple[int, int] | None = None) -> View:
-        """The TimeAug frame (inside `bounds` when given), maybe as its FaceSwap composite."""
-        cfg = self.cfg
-        p = a.frame
-        if cfg.timeaug:
-            p = (frame_offset_positive(len(a.clip), a.frame, rng, self.time_frames, self.time_weights, bounds)
-                 if self.time_frames else timeaug_positive(a.clip.time, a.frame, rng, cfg.time_max, bounds))
-        swap = -1
-        if cfg.faceswap and rng.random() < cfg.p_swap:
-            choices = np.flatnonzero(a.clip.swap_slots()[p])  # one of the frame's composites (donors vary)
-            if len(choices):
-                swap = int(choices[rng.integers(len(choices))]) if len(choices) > 1 else int(choices[0])
-        stats["swaps"] += swap >= 0
-        return View(a.cid, a.clip, p, swap)
 
-    def hard_negative(self, a: View, p: View, rng, stats) -> tuple[View, View]:
-        """The hard negative and its positive. First choice: a frame of the anchor's clip >= T2 from both the
-        anchor and its positive, its positive drawn among the frames as far (the group's four negative pairs are
-        all >= T2 apart). Else, as the paper states it, a frame >= T2 from the anchor (a pair of the group closer
-        than T2 is counted in hardneg_close). Else a frame of another clip of the same speaker; else (no such
-        clip: counted) an independent instance of a random clip."""
-        times, gap = a.clip.time, self.cfg.hardneg_gap
-        apart = hard_negative_apart(times, a.frame, p.frame, rng, gap)
-        if apart is not None:
-            h = View(a.cid, a.clip, apart[0])
-            return h, self.positive(h, rng, stats, apart[1])
-        h = hard_negative(times, a.frame, rng, gap)
-        if h is not None:
-            neg = View(a.cid, a.clip, h)
-            neg_pos = self.positive(neg, rng, stats)
-            stats["hardneg_close"] += min(abs(times[i] - times[j]) for i in (a.frame, p.frame)
-                                          for j in (neg.frame, neg_pos.frame)) < gap - 1e-6
-            return neg, neg_pos
-        ids, off = self.by_speaker
-        spk = int(self.index.speaker[a.cid])
-        same = ids[off[spk]:off[spk + 1]]
-        same = same[same != a.cid]
-        if len(same):
-            stats["hardneg_other_clip"] += 1
-            neg = self.view(int(same[rng.integers(len(same))]), rng, stats)
-        else:
-            stats["hardneg_missing"] += 1
-            other = int(rng.integers(len(self.index) - 1)) if len(self.index) > 1 else a.cid
-            neg = self.view(other + (other >= a.cid) if len(self.index) > 1 else other, rng, stats)
-        return neg, self.positive(neg, rng, stats)
+    def positive(self, a: View, rng, stats, bounds: tuple[int, int] | None = None) -> View:
+        """The anchor's frame, passed through every active positive-pair piece (inside `bounds` when given)."""
+        p = View(a.cid, a.clip, a.frame)
+        for piece in self.pieces:
+            p = piece.choose(a, p, rng, stats, bounds)
+        stats["swaps"] += p.swap >= 0
+        return p
 
     @staticmethod
     def image(view: View) -> np.ndarray:
         if view.swap >= 0:
             return view.clip.image("swaps", view.frame, view.swap)
         return view.clip.image("faces", view.frame)
-
-    def cutmix(self, images: list[np.ndarray], anchors: list[View], rng, stats) -> None:
-        """Table 1 row (c): a positive keeps its centre patch (half the side) on another speaker's frame."""
-        m = len(anchors)
-        speakers = self.index.speaker[[v.cid for v in anchors]]
-        for i in range(m):
-            if rng.random() >= self.cfg.p_swap:
-                continue
-            others = np.flatnonzero(speakers != speakers[i])
-            if not len(others):
-                continue
-            donor = images[m + int(others[rng.integers(len(others))])].copy()
-            s = donor.shape[0]
-            lo, hi = s // 4, s - s // 4
-            donor[lo:hi, lo:hi] = images[m + i][lo:hi, lo:hi]
-            images[m + i] = donor
-            stats["swaps"] += 1
 
 
 def anchors_per_step(cfg: TrainConfig) -> int:

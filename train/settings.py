@@ -6,6 +6,13 @@ from pathlib import Path
 
 from sslfer.config import option
 
+
+def method_names() -> tuple[str, ...]:
+    from train.methods import METHODS  # the registry imports torch: only when an option is checked
+
+    return tuple(METHODS)
+
+
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 
 
@@ -13,7 +20,7 @@ PRESET_DIR = Path(__file__).resolve().parents[1] / "configs" / "pretrain"
 class TrainConfig:
     # method
     method: str = option("simclr", "simclr (InfoNCE over 2N views; TimeAug/HardNeg/FaceSwap/MaskFN build on it) "
-                                   "| mocov2 | byol", choices=("simclr", "mocov2", "byol"))
+                                   "| mocov2 | byol | a method of yours (train/methods/)", choices=method_names)
     timeaug: bool = option(False, "TimeAug: the positive is another frame of the clip within time_max s")
     time_max: float = option(1.0, "T1, seconds: TimeAug offsets are drawn from a decreasing (triangular) "
                                   "distribution over [0, T1], either direction", between=(0.0, None))
@@ -29,6 +36,8 @@ class TrainConfig:
     faceswap: bool = option(False, "FaceSwap: the positive is its precomputed composite with probability p_swap")
     cutmix: bool = option(False, "CutMix of the centre patch instead of FaceSwap (Table 1 row c), with p_swap")
     p_swap: float = option(0.5, "probability of FaceSwap (or CutMix) for each positive", between=(0.0, 1.0))
+    positives: str = option("", "more positive-pair pieces by name, comma-separated: yours (train/positives/, "
+                                "SSLFER_PLUGINS) or the built-ins timeaug, faceswap, cutmix")
     maskfn: bool = option(False, "MaskFN: the n_fn in-batch views with the most similar eye+mouth descriptors "
                                  "(not itself, its positive or its speaker) become extra positives")
     n_fn: int = option(1, "N_FN, false negatives per view", between=(1, None))

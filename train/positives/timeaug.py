@@ -1,11 +1,15 @@
-"""Which frames of a clip make the positive (TimeAug) and the hard negative (HardNeg), by timestamps.
-
-Frame choices can be confined to a run of frames [lo, hi] (indices, inclusive): a hard negative's positive is
-drawn inside the run of frames that are all at least T2 from the anchor and the anchor's positive, so that every
-negative of a HardNeg group stays a true one."""
+"""TimeAug: the positive is another frame of the same clip, |t| <= T1 from the anchor, drawn from a decreasing
+(triangular) density of the offset (the paper), or by sampled-frame offsets with weights (the official code's)."""
 from __future__ import annotations
 
 import numpy as np
+
+from train.positives import register_positive
+from train.positives.base import PositivePair, View
+
+
+def parse_list(text: str, kind=float) -> list:
+    return [kind(x) for x in text.replace(" ", "").split(",") if x]
 
 
 def time_offset(rng: np.random.Generator, t_max: float) -> float:
@@ -47,22 +51,18 @@ def frame_offset_positive(n: int, anchor: int, rng: np.random.Generator, offsets
     return hi if hi - anchor >= anchor - lo else lo
 
 
-def hard_negative(times: np.ndarray, anchor: int, rng: np.random.Generator, gap: float) -> int | None:
-    """A uniformly chosen frame of the same clip at least `gap` seconds from the anchor, or None."""
-    far = np.flatnonzero(np.abs(times - times[anchor]) >= gap - 1e-9)
-    return int(rng.choice(far)) if len(far) else None
+@register_positive("timeaug")
+class TimeAug(PositivePair):
+    def __init__(self, cfg, builder):
+        super().__init__(cfg, builder)
+        self.frames = parse_list(cfg.timeaug_frames, int)
+        self.weights = parse_list(cfg.timeaug_frame_weights) or [1.0] * len(self.frames)
+        if len(self.weights) != len(self.frames) or any(d < 1 for d in self.frames):
+            raise ValueError(f"timeaug_frames={cfg.timeaug_frames!r} needs positive offsets and as many "
+                             f"timeaug_frame_weights ({cfg.timeaug_frame_weights!r})")
 
-
-def hard_negative_apart(times: np.ndarray, anchor: int, positive: int, rng: np.random.Generator,
-                        gap: float) -> tuple[int, tuple[int, int]] | None:
-    """A uniformly chosen frame at least `gap` seconds from both the anchor and its positive, with the run of
-    such frames around it (its own positive, drawn inside the run, is then as far from both); or None."""
-    far = ((np.abs(times - times[anchor]) >= gap - 1e-9) & (np.abs(times - times[positive]) >= gap - 1e-9))
-    idx = np.flatnonzero(far)
-    if not len(idx):
-        return None
-    h = int(idx[rng.integers(len(idx))])
-    near = np.flatnonzero(~far)
-    lo = int(near[near < h].max()) + 1 if (near < h).any() else 0
-    hi = int(near[near > h].min()) - 1 if (near > h).any() else len(times) - 1
-    return h, (lo, hi)
+    def choose(self, anchor: View, positive: View, rng, stats, bounds=None) -> View:
+        clip = positive.clip
+        frame = (frame_offset_positive(len(clip), anchor.frame, rng, self.frames, self.weights, bounds)
+                 if self.frames else timeaug_positive(clip.time, anchor.frame, rng, self.cfg.time_max, bounds))
+        return View(positive.cid, clip, frame, positive.swap)
