@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from preprocess.cache import digest, digest_of
 from sslfer.files import write_table
 from sslfer.shards.schema import (MANIFEST, MANIFEST_COLUMNS, REJECT_COLUMNS, REJECTS, SCHEMA_VERSION,
-                                  ClipSample, arrow_schema, join_jpegs)
+                                  ClipSample, arrow_schema, derived_fields, join_jpegs)
 from sslfer.shards.tar import ShardWriter
 
 
@@ -44,14 +44,25 @@ def write_parquet(path: Path, rows: list[dict], columns: dict, metadata: dict | 
     write_table(path, table)
 
 
+def fields_version() -> str:
+    """The user's frame fields and their versions: adding or changing one repacks the shards."""
+    return ";".join(f"{f.name}:{f.member}:{f.version}" for f in derived_fields())
+
+
 def clip_sample(clip, faces: dict, region: dict, region_info: dict, swaps: dict, swap_info: dict) -> ClipSample:
     meta = {"schema": SCHEMA_VERSION, "speaker": clip.speaker, "video": clip.video, "clip": clip.clip,
             "source": clip.rel, "region_descriptor": region_info["descriptor"], "donors": swap_info["donors"],
             "swaps_per_frame": swap_info["swaps_per_frame"]}
     jpegs = {name: (faces[f"{name}_blob"], faces[f"{name}_idx"]) for name in ("faces", "eyes", "mouth")}
     jpegs["swaps"] = (swaps["swaps_blob"], swaps["swaps_idx"])
-    return ClipSample(key=clip.key, meta=meta, time=faces["time"], source_frame=faces["source_frame"],
-                      landmarks=faces["landmarks"], boxes=faces["boxes"], region=region["region"], jpegs=jpegs)
+    frames = {"time": faces["time"], "source_frame": faces["source_frame"], "landmarks": faces["landmarks"],
+              "boxes": faces["boxes"], "region": region["region"]}
+    for f in derived_fields():  # the user's fields (FRAME_FIELDS with `derive`), from the faces step's arrays
+        frames[f.name] = np.asarray(f.derive(faces))
+        if len(frames[f.name]) != len(faces["time"]):
+            raise ValueError(f"frame field {f.name!r}: derive gave {len(frames[f.name])} rows for "
+                             f"{len(faces['time'])} frames")
+    return ClipSample(clip.key, meta, frames, jpegs)
 
 
 def sample_hashes(clips, plan) -> dict[str, str]:
@@ -97,7 +108,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     replaced (atomically) and the shards it no longer names are deleted."""
     from sslfer.progress import progress
 
-    pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s)
+    pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s, fields_version())
     for tmp in out.glob(".shard-*.tmp"):
         tmp.unlink()
     want = sample_hashes(clips, plan)

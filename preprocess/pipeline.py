@@ -219,7 +219,7 @@ def embed_regions(todo: list[Clip], plan: Plan, cfg: ShardsConfig, caches: dict)
 
 def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     """Run every step that is not up to date; returns the run summary (also written as summary.json)."""
-    from preprocess.pack import pack, pack_is_current
+    from preprocess.pack import fields_version, pack, pack_is_current
 
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
@@ -321,7 +321,7 @@ def build(data: str | Path, shards: str | Path, cfg: ShardsConfig) -> dict:
     # pack: shards + manifest
     t = time.perf_counter()
     pack_hash = digest_items(("pack",), ((c.key, plan.faces[c.key], plan.region[c.key], plan.faceswap[c.key])
-                                         for c in usable), (opts["pack"],))
+                                         for c in usable), (opts["pack"], fields_version()))
     if pack_is_current(out, pack_hash):
         packed = None
         work["pack"] = 0

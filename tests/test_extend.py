@@ -164,3 +164,48 @@ def test_an_evaluation_dataset_of_the_users_is_a_command_and_a_table1_column(pho
     assert joined.returncode == 0 and "| checkpoint | Smiles F1 |" in joined.stdout
     helped = run_command("eval", ["--help"], plugins)
     assert "smiles: <root>/smile/*.png" in helped.stdout
+
+
+# ---------------------------------------------------------------- (d) a shard field
+MOUTH = '''
+import numpy as np
+
+from sslfer.face_geometry import mouth_opening
+from sslfer.shards.schema import FrameField, register_frame_field
+
+register_frame_field(FrameField(
+    "mouth_open", "mouth_open.npy", "float32 [n] inner-lip gap in inter-ocular distances",
+    derive=lambda faces: mouth_opening(faces["landmarks"].astype(np.float32)).astype(np.float32)))
+'''
+
+
+def test_a_frame_field_of_the_users_is_packed_windowed_and_read(good_corpus, tmp_path):
+    from sslfer.face_geometry import mouth_opening
+    from sslfer.plugins import load_plugins
+    from sslfer.shards.index import ClipReader, ShardIndex
+    from sslfer.shards.schema import FRAME_FIELDS, ClipSample, shard_paths
+    from sslfer.shards.tar import iter_tar_samples
+
+    shards = tmp_path / "shards"
+    build(good_corpus, shards)
+    try:
+        load_plugins(str(plugin(tmp_path, "mouth", MOUTH)))
+        again = build(good_corpus, shards)  # only the pack step reruns
+        assert {k: v for k, v in again["work_done"].items() if k != "content_read"} == \
+            {"faces": 0, "region": 0, "faceswap": 0, "pack": 1}
+        clips = [ClipSample.from_wds(s) for path in shard_paths(shards) for s in iter_tar_samples(path)]
+        index = ShardIndex.build(shards)
+        reader = ClipReader(index, 8)  # the trainer's reader
+        assert len(clips) == len(index) > 0
+        for clip in clips:
+            want = mouth_opening(clip.landmarks.astype(np.float32))
+            assert clip.mouth_open.shape == (len(clip),)
+            np.testing.assert_allclose(clip.mouth_open, want, rtol=1e-6)
+            np.testing.assert_array_equal(reader.get(index.keys.index(clip.key)).mouth_open, clip.mouth_open)
+            windows = clip.windows(1.0)
+            assert len(windows) > 1
+            assert np.array_equal(np.concatenate([w.mouth_open for w in windows]), clip.mouth_open)
+            assert all(len(w.mouth_open) == len(w.time) for w in windows)
+        assert build(good_corpus, shards)["work_done"]["pack"] == 0  # a rerun with the field does nothing
+    finally:
+        FRAME_FIELDS.pop("mouth_open", None)

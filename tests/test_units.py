@@ -89,9 +89,10 @@ def test_clip_sample_round_trip():
     swaps = [faces[0], b"", faces[2]]
     jpegs = {"faces": join_jpegs(faces), "eyes": join_jpegs(faces), "mouth": join_jpegs(faces),
              "swaps": join_jpegs(swaps)}
-    s = ClipSample("k-1", {"schema": 1, "speaker": "a"}, np.arange(n, dtype=np.float64) / 4,
-                   np.arange(n, dtype=np.int32), np.zeros((n, 478, 2), np.float16), np.zeros((n, 2, 4), np.float16),
-                   np.ones((n, 4), np.float16), jpegs)
+    frames = {"time": np.arange(n, dtype=np.float64) / 4, "source_frame": np.arange(n, dtype=np.int32),
+              "landmarks": np.zeros((n, 478, 2), np.float16), "boxes": np.zeros((n, 2, 4), np.float16),
+              "region": np.ones((n, 4), np.float16)}
+    s = ClipSample("k-1", {"schema": 1, "speaker": "a"}, frames, jpegs)
     raw = s.to_wds()
     assert all(isinstance(v, bytes) for k, v in raw.items() if k != "__key__")
     back = ClipSample.from_wds(raw)

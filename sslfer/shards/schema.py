@@ -17,6 +17,7 @@ import json
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import cv2
@@ -64,14 +65,49 @@ def arrow_schema(columns: dict):
     return pa.schema([(name, types.get(name, pa.string())) for name in columns])
 
 
-# Sample file extensions.
+# Sample members: meta.json, the per-frame arrays (FRAME_FIELDS), and the JPEG blobs.
 META = "meta.json"          # speaker, video, clip, source, schema, region descriptor, donors
-TIME = "time.npy"           # float64 [n] timestamps, seconds
-SOURCE_FRAME = "frame.npy"  # int32 [n]
-LANDMARKS = "landmarks.npy"  # float16 [n, 478, 2], aligned-crop pixels
-BOXES = "boxes.npy"         # float16 [n, 2, 4]: eyes and mouth x0 y0 x1 y1, aligned-crop pixels
-REGION = "region.npy"       # float16 [n, D]: MaskFN descriptor (D = 1024 for resnet18); zeros where absent
 JPEG_BLOBS = ("faces", "swaps", "eyes", "mouth")  # <name>.jpgs + <name>.idx.npy; a swap of length 0 = none
+
+
+@dataclass(frozen=True)
+class FrameField:
+    """A per-frame array of a clip sample: one row per kept frame, stored as the sample's `member` (.npy) and read
+    as the ClipSample attribute `name`. Windows slice it, the writer and the reader carry it: declaring it is all
+    the format needs. `derive` computes it when the shards are packed from the faces step's arrays of the clip
+    (time, source_frame, landmarks, boxes, and the eye/mouth/face JPEGs): a field of yours, registered with
+    register_frame_field in a module named in SSLFER_PLUGINS; `make shards` then repacks (nothing else reruns)."""
+    name: str
+    member: str
+    about: str
+    derive: Callable[[dict], np.ndarray] | None = None
+    version: int = 1  # bump when `derive` changes what it computes: the shards are repacked
+
+
+FRAME_FIELDS: dict[str, FrameField] = {f.name: f for f in (
+    FrameField("time", "time.npy", "float64 [n] timestamps, seconds"),
+    FrameField("source_frame", "frame.npy", "int32 [n] the frame's index in the source"),
+    FrameField("landmarks", "landmarks.npy", "float16 [n, 478, 2] face mesh, aligned-crop pixels"),
+    FrameField("boxes", "boxes.npy", "float16 [n, 2, 4] eyes and mouth x0 y0 x1 y1, aligned-crop pixels"),
+    FrameField("region", "region.npy", "float16 [n, D] MaskFN descriptor (D = 1024 for resnet18); zeros where absent"),
+)}
+
+
+def register_frame_field(field: FrameField) -> FrameField:
+    if field.derive is None:
+        raise ValueError(f"frame field {field.name!r}: give `derive` (how make shards computes it)")
+    known = FRAME_FIELDS.get(field.name)
+    if known is not None and known != field:
+        raise ValueError(f"frame field {field.name!r} is declared already")
+    if any(f.member == field.member and f.name != field.name for f in FRAME_FIELDS.values()) or \
+            not field.member.endswith(".npy") or field.member.split(".")[0] in JPEG_BLOBS + ("meta",):
+        raise ValueError(f"frame field {field.name!r}: member {field.member!r} must be a new <name>.npy")
+    FRAME_FIELDS[field.name] = field
+    return field
+
+
+def derived_fields() -> list[FrameField]:
+    return [f for f in FRAME_FIELDS.values() if f.derive is not None]
 
 
 class SchemaError(ValueError):
@@ -113,17 +149,18 @@ def jpeg_at(blob: np.ndarray | bytes, offsets: np.ndarray, i: int) -> bytes:
     return bytes(blob[offsets[i]:offsets[i + 1]])
 
 
-@dataclass
 class ClipSample:
-    """One clip: all its kept frames, in time order."""
-    key: str
-    meta: dict
-    time: np.ndarray
-    source_frame: np.ndarray
-    landmarks: np.ndarray
-    boxes: np.ndarray
-    region: np.ndarray
-    jpegs: dict  # name -> (blob uint8, offsets int64)
+    """One clip: all its kept frames, in time order. `frames` holds its per-frame arrays by FRAME_FIELDS name
+    (clip.time, clip.boxes ... read them; a reader that skipped a member gets None); `jpegs` its image blobs."""
+
+    def __init__(self, key: str, meta: dict, frames: dict, jpegs: dict):
+        self.key, self.meta, self.frames, self.jpegs = key, meta, frames, jpegs  # jpegs: name -> (blob, offsets)
+
+    def __getattr__(self, name: str):
+        frames = self.__dict__.get("frames")
+        if frames is not None and name in FRAME_FIELDS:
+            return frames.get(name)
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
     def __len__(self):
         return len(self.time)
@@ -166,15 +203,14 @@ class ClipSample:
                 jpegs[name] = (blob[off[a * per]:off[b * per]], off[a * per:b * per + 1] - off[a * per])
             meta = {**self.meta, "donors": self.meta["donors"][a:b], "clip_key": self.key, "window": [k, n],
                     "first_frame": a}
-            out.append(ClipSample(f"{self.key}_w{k}", meta, self.time[a:b], self.source_frame[a:b],
-                                  self.landmarks[a:b], self.boxes[a:b], self.region[a:b], jpegs))
+            frames = {name: None if v is None else v[a:b] for name, v in self.frames.items()}
+            out.append(ClipSample(f"{self.key}_w{k}", meta, frames, jpegs))
         return out
 
     def to_wds(self) -> dict:
-        out = {"__key__": self.key, META: json.dumps(self.meta).encode(),
-               TIME: encode_npy(self.time), SOURCE_FRAME: encode_npy(self.source_frame),
-               LANDMARKS: encode_npy(self.landmarks), BOXES: encode_npy(self.boxes),
-               REGION: encode_npy(self.region)}
+        out = {"__key__": self.key, META: json.dumps(self.meta).encode()}
+        for name, array in self.frames.items():
+            out[FRAME_FIELDS[name].member] = encode_npy(array)
         for name in JPEG_BLOBS:
             blob, offsets = self.jpegs[name]
             out[f"{name}.jpgs"] = blob.tobytes()
@@ -192,11 +228,14 @@ class ClipSample:
             raise SchemaError(f"sample {sample.get('__key__')!r} has schema {meta.get('schema')}, "
                               f"this code reads {SCHEMA_VERSION}: rebuild the shards with `make shards`")
         def array(name):  # a reader may skip files it does not need: they come as b"" and load as None
-            return decode_npy(sample[name]) if sample[name] else None
+            return decode_npy(sample[name]) if sample.get(name) else None
 
         jpegs = {n: (np.frombuffer(sample[f"{n}.jpgs"], np.uint8), array(f"{n}.idx.npy")) for n in JPEG_BLOBS}
-        return cls(key=sample["__key__"], meta=meta, time=array(TIME), source_frame=array(SOURCE_FRAME),
-                   landmarks=array(LANDMARKS), boxes=array(BOXES), region=array(REGION), jpegs=jpegs)
+        frames = {f.name: array(f.member) for f in FRAME_FIELDS.values() if f.member in sample}
+        missing = [f.member for f in FRAME_FIELDS.values() if f.derive is None and f.member not in sample]
+        if missing:
+            raise SchemaError(f"sample {sample['__key__']!r} has no {', '.join(missing)}")
+        return cls(sample["__key__"], meta, frames, jpegs)
 
 
 def manifest_file(shards_dir: str | Path):
