@@ -25,6 +25,11 @@ GPUS_PER_NODE ?= 8
 TASKS_PER_NODE ?= $(if $(filter-out 0,$(GPUS_PER_NODE)),$(GPUS_PER_NODE),1)
 CPUS_PER_TASK ?= 8
 SBATCH_ARGS ?=
+# A SLURM job's options travel in a file under $(1) (NUL-separated, the shell's quoting already applied) and its
+# variables in sbatch's environment (--export=ALL): --export=VAR=value would cut a value at its commas
+# (timeaug_frames=2,3,4,5,6); the file is kept, so a requeued job reads the same options
+JOB_OPTIONS = set -f && opts=( $(ARGS) ) && mkdir -p "$(1)/.slurm" && \
+	args_file="$$(cd "$(1)/.slurm" && pwd)/args-$$(date +%Y%m%d-%H%M%S)-$$$$" && printf '%s\0' "$${opts[@]}" > "$$args_file"
 # make eval-<dataset>: its data folder is the variable of its name in capitals (AFFECTNET=, FER2013=...) or DATA=
 EVAL_DATA = $(or $($(shell echo '$(1)' | tr 'a-z-' 'A-Z_')),$(DATA))
 
@@ -32,36 +37,47 @@ EVAL_DATA = $(or $($(shell echo '$(1)' | tr 'a-z-' 'A-Z_')),$(DATA))
 	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
 
 help:
-	@echo "make demo                       the whole pipeline on a small corpus it makes (or DATA=<your clips>), < 10 min on CPU"
+	@echo "make demo [DATA=<your clips>]   the whole pipeline on a small synthetic corpus it makes (no dataset, no GPU):"
+	@echo "                                sslfer vs simclr vs random; verdict in build/demo/report.md"
+	@echo "make test                       run the test suite"
 	@echo "make setup [TORCH_INDEX=<url>]  create .venv with the pinned dependencies (and ffmpeg via apt when root);"
-	@echo "                                TORCH_INDEX: the wheel index of the torch CUDA build your driver runs (README)"
+	@echo "                                TORCH_INDEX: the wheel index of the torch CUDA build your driver runs (docs/guide.md)"
 	@echo "make shards DATA=<corpus> [SHARDS=shards] [CONFIG=configs/shards.toml] [ARGS=\"key=value ...\"]"
+	@echo "                                DATA is ONE corpus: <speaker>/<video>/<clip>.mp4, VoxCeleb1 face frames, or a CSV"
+	@echo "                                path,speaker[,video] (several trees, e.g. VoxCeleb1 dev + test: one CSV)"
 	@echo "make shards-merge SHARDS=<dir>  join the parts of a split run (ARGS=\"part=i/n\")"
-	@echo "make shards-slurm DATA=<corpus> SHARDS=<dir> PARTS=<n>  a SLURM job array of n parts, then the merge"
+	@echo "make shards-slurm DATA=<corpus> SHARDS=<dir> PARTS=<n> [SBATCH_ARGS=\"--partition=...\"]"
+	@echo "                                a SLURM job array of n parts, then the merge once every part succeeded"
 	@echo "make pretrain SHARDS=<dir> RUN=<runs/name> PRESET=<preset> [CONFIG=<toml>] [ARGS=\"key=value ...\"]"
 	@echo "                                presets: simclr mocov2 byol timeaug timeaug-hardneg timeaug-hardneg-cutmix"
 	@echo "                                timeaug-faceswap-maskfn timeaug-hardneg-faceswap sslfer official"
-	@echo "                                GPUS=<n>: n ranks on this machine (torchrun), one per GPU"
+	@echo "                                GPUS=<n>: n ranks on this machine (torchrun), one per GPU; rerun to resume"
 	@echo "make pretrain-slurm SHARDS=<dir> RUN=<dir> PRESET=<preset> NODES=1 GPUS_PER_NODE=8 [CPUS_PER_TASK=8] [SBATCH_ARGS=\"--partition=...\"]"
-	@echo "                                one rank per GPU on each node; requeued from its checkpoint at the time limit"
-	@echo "make eval-affectnet CKPT=<ckpt ...> AFFECTNET=<dir> [PROTOCOL=linear|finetune|both] [TASK=expr|va|both (default)]"
-	@echo "make eval-fer2013 CKPT=<ckpt ...> FER2013=<dir or fer2013.csv> (300 epochs, the paper's);  make eval-lfw CKPT=<ckpt ...> LFW=<dir>"
-	@echo "make eval-rafdb CKPT=<ckpt ...> RAFDB=<dir with EmoLabel/ and Image/>"
-	@echo "                                (each: REPORT=<dir> ARGS=\"epochs=... batch_size=... max_images=...\")"
-	@echo "make report RUNS=\"<report dirs>\"  one table from several evaluation reports"
+	@echo "                                one rank per GPU on each node; at the time limit: checkpoint, exit 75, requeued"
+	@echo "make eval-<dataset> CKPT=\"<ckpt ...>\" <DATASET>=<data> (or DATA=<data>)  evaluate with the dataset's paper settings"
+	@echo "                                datasets: affectnet (AFFECTNET=<dir>) fer2013 (FER2013=<dir or fer2013.csv>)"
+	@echo "                                rafdb (RAFDB=<dir>) lfw (LFW=<dir>) folder (DATA=<class folders>); all, yours"
+	@echo "                                included: $(PY) -m eval --help"
+	@echo "                                [PROTOCOL=linear|finetune|both] [TASK=expr|va|both] [REPORT=<dir>]"
+	@echo "                                [ARGS=\"epochs=... batch_size=... max_images=...\"] (after the paper settings)"
+	@echo "make report RUNS=\"<report dirs>\" [REPORT=<file>] [ALLOW_MIXED=1]  one table from several evaluation reports"
 	@echo "make embed INPUT=\"<images, folders, videos>\" CKPT=\"<ckpt ...>\" [OUT=embeddings.parquet]"
 	@echo "                                embeddings per image / video frame; a labelled folder also gets the map PNG"
 	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [TRAIN_ARGS= EVAL_ARGS=]"
-	@echo "                                [MONITOR=<labelled faces> CHECKPOINT=best|last]: which checkpoint each row is"
+	@echo "                                pretrain what is missing, evaluate all, write reports/table1/table1.md;"
+	@echo "                                each row is its run's backbone.pt (CHECKPOINT=last, the default), or"
+	@echo "                                with CHECKPOINT=best MONITOR=<labelled faces> its checkpoints/best.pt"
 	@echo "                                [SLURM=1 NODES=1 GPUS_PER_NODE=8 SBATCH=\"#SBATCH --partition=...\"]: sbatch scripts + submit.sh"
-	@echo "                                pretrain what is missing, evaluate all, write reports/table1/table1.md"
-	@echo "make test                       run the test suite"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
-	@echo "make bench-train                benchmark the trainer's data path (and the GPU step when there is one)"
+	@echo "make bench-train ARGS=\"--shards <dir>\"  benchmark the trainer's data path (and the GPU step: --what step)"
 	@echo "make bench-scale                the batch stage's bookkeeping at VoxCeleb1's size (simulated clips;"
 	@echo "                                ARGS=\"--what voxceleb2\": both sizes, every run, the trainer's start-up)"
 	@echo "make bench-batches              simulate batch make-up and shuffling at full size (bookkeeping only)"
-	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help"
+	@echo "make bench-eval                 benchmark feature extraction, the linear probe and fine-tuning"
+	@echo "make bench-eval-memory          peak memory of an AffectNet-size evaluation (simulated images)"
+	@echo "make experiment                 Table 1's rows on the real clips of ../shared/data (docs/results.md)"
+	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help; $(PY) -m eval --help"
+	@echo "your own pieces:                SSLFER_PLUGINS=<modules or .py files> (docs/architecture.md, How to add)"
 
 setup: $(STAMP)
 
@@ -89,20 +105,21 @@ shards-merge: setup
 
 shards-slurm: setup
 	@if [ -z "$(DATA)" ] || [ -z "$(PARTS)" ]; then echo "usage: make shards-slurm DATA=<corpus> SHARDS=<out> PARTS=<n> [ARGS=...]"; exit 2; fi
-	@jid=$$(sbatch --parsable --array=0-$$(($(PARTS)-1)) --export=ALL,DATA="$(DATA)",SHARDS="$(SHARDS)",N=$(PARTS),ARGS="$(ARGS)" \
-	    $(SBATCH_ARGS) configs/slurm/shards.sbatch) && \
-	  echo "array job $$jid: $(PARTS) parts" && \
-	  sbatch --dependency=afterok:$$jid --export=ALL,SHARDS="$(SHARDS)" $(SBATCH_ARGS) configs/slurm/shards-merge.sbatch
+	@$(call JOB_OPTIONS,$(SHARDS)) && \
+	  jid=$$(DATA="$(DATA)" SHARDS="$(SHARDS)" N="$(PARTS)" ARGS_FILE="$$args_file" \
+	    sbatch --parsable --export=ALL --array=0-$$(($(PARTS)-1)) $(SBATCH_ARGS) configs/slurm/shards.sbatch) && \
+	  echo "array job $$jid: $(PARTS) parts (options in $$args_file)" && \
+	  SHARDS="$(SHARDS)" sbatch --export=ALL --dependency=afterok:$$jid $(SBATCH_ARGS) configs/slurm/shards-merge.sbatch
 
 pretrain: setup
 	$(if $(GPUS),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS),$(PY)) -m train "$(SHARDS)" "$(RUN)" \
 	  --preset $(PRESET) $(if $(CONFIG),--config "$(CONFIG)") $(ARGS)
 
 pretrain-slurm: setup
-	sbatch --nodes=$(NODES) --ntasks-per-node=$(TASKS_PER_NODE) --cpus-per-task=$(CPUS_PER_TASK) \
-	  $(if $(filter-out 0,$(GPUS_PER_NODE)),--gres=gpu:$(GPUS_PER_NODE)) \
-	  --export=ALL,SHARDS="$(SHARDS)",RUN="$(RUN)",PRESET="$(PRESET)",CONFIG="$(CONFIG)",ARGS="$(ARGS)" \
-	  $(SBATCH_ARGS) configs/slurm/pretrain.sbatch
+	@$(call JOB_OPTIONS,$(RUN)) && \
+	  SHARDS="$(SHARDS)" RUN="$(RUN)" PRESET="$(PRESET)" CONFIG="$(CONFIG)" ARGS_FILE="$$args_file" \
+	  sbatch --export=ALL --nodes=$(NODES) --ntasks-per-node=$(TASKS_PER_NODE) --cpus-per-task=$(CPUS_PER_TASK) \
+	  $(if $(filter-out 0,$(GPUS_PER_NODE)),--gres=gpu:$(GPUS_PER_NODE)) $(SBATCH_ARGS) configs/slurm/pretrain.sbatch
 
 eval-%: setup
 	@if [ -z "$(call EVAL_DATA,$*)" ] || [ -z "$(CKPT)" ]; then \

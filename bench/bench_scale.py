@@ -84,7 +84,7 @@ def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
 
     import numpy as np
 
-    from preprocess import pipeline
+    from preprocess import faces as faces_step, faceswap, pipeline
     from preprocess.settings import ShardsConfig
     from sslfer.config import load_config
     from sslfer.face_geometry import N_LANDMARKS
@@ -112,7 +112,7 @@ def simulated_build(data: str, shards: str, overrides: list[str]) -> None:
         return ({"swaps_blob": blob, "swaps_idx": idx, "misfit": np.full(n, np.nan, np.float32)},
                 {"donors": [""] * n, "made": 0, "composites": 0, "swaps_per_frame": 1, "rejects": []})
 
-    pipeline.run_faces, pipeline.make_swaps = faces, swaps
+    faces_step.run_faces, faceswap.make_swaps = faces, swaps
     # ~430 clips per shard, as VoxCeleb1's ~600 KB clip samples in 256 MB shards (a simulated sample is ~18 KB)
     cfg = load_config(ShardsConfig, None, ["workers=0", "region_descriptor=landmarks", "shard_max_mb=7.7",
                                            *overrides])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
+from sslfer.folders import images_in
+
 AFFECTNET_CLASSES = ["neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt"]
 FER2013_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]  # fer2013.csv order
 # RAF-DB basic: labels 1-7 of list_patition_label.txt, in that order
@@ -64,10 +65,6 @@ def limit(items: list[Item], n: int, seed: int) -> list[Item]:
     return [items[i] for i in keep]
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
-
-
 def image_folder(root: Path, name: str, val_fraction: float, test_fraction: float, seed: int,
                  classes: list[str] | None = None) -> Dataset:
     """`<class>/*` (or `train|test/<class>/*`) folders; classes are the sorted folder names."""
@@ -82,7 +79,7 @@ def image_folder(root: Path, name: str, val_fraction: float, test_fraction: floa
         items = []
         for label, c in enumerate(names):
             if (folder / c).is_dir():
-                items += [Item(str(p), label) for p in _images(folder / c)]
+                items += [Item(str(p), label) for p in images_in(folder / c)]
         return items
 
     train = read(train_dir)
@@ -246,7 +243,7 @@ def lfw(root: Path) -> Dataset:
     """LFW `<Name>/<Name>_NNNN.jpg`: every image with its identity (FR-KNN splits are made later)."""
     if not root.is_dir():
         raise DatasetError(f"{root}: no such folder")
-    items = [Item(str(p), identity=d.name) for d in sorted(root.iterdir()) if d.is_dir() for p in _images(d)]
+    items = [Item(str(p), identity=d.name) for d in sorted(root.iterdir()) if d.is_dir() for p in images_in(d)]
     if not items:
         raise DatasetError(f"{root}: no <Name>/*.jpg images")
     return Dataset("lfw", [], {"all": items})

@@ -25,13 +25,42 @@ def main(argv=None) -> int:
     p.add_argument("--people", type=int, default=12, help="people in the synthetic corpus (3 clips of 8 s each)")
     p.add_argument("--eval-people", type=int, default=12, help="held-apart people in the evaluation sets")
     a = p.parse_args(argv)
-    from eval.__main__ import main as evaluate
-    from preprocess.__main__ import main as shards
-    from preprocess.synthetic import make_expression_corpus, make_expression_sets
-    from train.__main__ import main as pretrain
-
     out = Path(a.out)
-    times = {}
+    times: dict[str, float] = {}
+    corpus, eval_sets = make_data(a, out, times)
+    code = (pretrain_both(corpus, out, a.steps, times) or evaluate_all(eval_sets, out, times)
+            or draw_embeddings(corpus, eval_sets, out, times))
+    if code:
+        return code
+    silhouettes = json.loads((out / "embed" / "expressions.json").read_text()).get("silhouette", {})
+    reports = out / "reports"
+    table = R.join([reports / "expressions", reports / "identities"])
+    lines = verdict(demo_scores(reports))
+    write_report(out, corpus, a.steps, times, table, lines, silhouettes)
+    print("\n== make demo ==")
+    print("time          " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) +
+          f" (total {sum(times.values()):.0f} s)")
+    print(table)
+    print("verdict")
+    for line in lines:
+        print(f"  {line}")
+    for name, sil in silhouettes.items():
+        print(f"silhouette    {name}: by expression {sil.get('class', float('nan')):+.3f}, by person "
+              f"{sil.get('person', float('nan')):+.3f}")
+    print(f"report        {out / 'report.md'} (tables, embedding map, training curves, confusion matrices, "
+          f"Grad-CAM)")
+    return 0
+
+
+def checkpoints(out: Path) -> list[str]:
+    return ["--ckpt", "random"] + [x for preset in PRESETS
+                                   for x in ("--ckpt", str(out / "runs" / preset / "backbone.pt"))]
+
+
+def make_data(a, out: Path, times: dict) -> tuple[Path, Path]:
+    """The pretraining corpus (made unless --data) and the held-apart evaluation sets, each made once."""
+    from preprocess.synthetic import make_expression_corpus, make_expression_sets
+
     t = time.time()
     corpus = Path(a.data) if a.data else out / "corpus"
     if not a.data and not (corpus / "labels.csv").is_file():  # labels.csv is written last: the corpus is whole
@@ -44,56 +73,67 @@ def main(argv=None) -> int:
         make_expression_sets(eval_sets, identities=a.eval_people, per_class=12)
         (eval_sets / "complete").write_text("")
     times["data"] = time.time() - t
+    return corpus, eval_sets
+
+
+def pretrain_both(corpus: Path, out: Path, steps: int, times: dict) -> int:
+    """Shards of the corpus, then `simclr` and `sslfer` with the same budget: 32 instances (64 images) a step."""
+    from preprocess.__main__ import main as shards
+    from train.__main__ import main as pretrain
 
     t = time.time()
     code = shards(["build", str(corpus), str(out / "shards"), "region_descriptor=landmarks"])
     if code not in (0, 3):
         return code
     times["shards"] = time.time() - t
-    for preset in PRESETS:  # the same budget: 32 instances (64 images) per step, the same steps
+    for preset in PRESETS:
         t = time.time()
         code = pretrain([str(out / "shards"), str(out / "runs" / preset), "--preset", preset, "arch=resnet18",
                          f"image_size={IMAGE_SIZE}", "batch_size=32", "anchors_per_clip=8", "warm_epochs=2",
-                         f"max_steps={a.steps}", "workers=1", "log_every=10", "seed=0"])
+                         f"max_steps={steps}", "workers=1", "log_every=10", "seed=0"])
         if code:
             return code
         times[f"pretrain {preset}"] = time.time() - t
+    return 0
+
+
+def evaluate_all(eval_sets: Path, out: Path, times: dict) -> int:
+    """The expression probe (3 head seeds) and FR-KNN by person, of a random network and both backbones."""
+    from eval.__main__ import main as evaluate
 
     t = time.time()
-    ckpts = ["--ckpt", "random"] + [x for preset in PRESETS
-                                    for x in ("--ckpt", str(out / "runs" / preset / "backbone.pt"))]
     common = ["arch=resnet18", f"image_size={IMAGE_SIZE}", f"cache_dir={out / 'cache'}", "workers=1"]
     reports = out / "reports"
-    code = evaluate(["folder", str(eval_sets / "expressions"), *ckpts, "--report", str(reports / "expressions"),
-                     "protocol=linear", "epochs=60", "batch_size=32", "val_fraction=0.2", "test_fraction=0.3",
-                     "probe_seeds=3", "gradcam_per_class=3", *common])
-    code = code or evaluate(["lfw", str(eval_sets / "identities"), *ckpts, "--report", str(reports / "identities"),
-                             "knn_min_images=10", "knn_train_fraction=0.2", *common])
-    if code:
-        return code
+    code = evaluate(["folder", str(eval_sets / "expressions"), *checkpoints(out), "--report",
+                     str(reports / "expressions"), "protocol=linear", "epochs=60", "batch_size=32", "val_fraction=0.2",
+                     "test_fraction=0.3", "probe_seeds=3", "gradcam_per_class=3", *common])
+    code = code or evaluate(["lfw", str(eval_sets / "identities"), *checkpoints(out), "--report",
+                             str(reports / "identities"), "knn_min_images=10", "knn_train_fraction=0.2", *common])
     times["evaluate"] = time.time() - t
+    return code
 
-    t = time.time()  # the thesis as a picture: embeddings by expression and by person, and one clip over time
+
+def draw_embeddings(corpus: Path, eval_sets: Path, out: Path, times: dict) -> int:
+    """The thesis as a picture: embeddings by expression and by person, and one clip over time."""
     from eval.embed import main as embed
 
-    pictures = [*ckpts, "arch=resnet18", f"image_size={IMAGE_SIZE}"]
+    t = time.time()
+    pictures = [*checkpoints(out), "arch=resnet18", f"image_size={IMAGE_SIZE}"]
     code = embed([str(eval_sets / "expressions"), *pictures, "--out", str(out / "embed" / "expressions.parquet")])
     clip = next(iter(sorted(corpus.rglob("*.mp4"))), None)
     if not code and clip is not None:
         code = embed([str(clip), *pictures, "--out", str(out / "embed" / "clip.parquet")])
-    if code:
-        return code
-    silhouettes = json.loads((out / "embed" / "expressions.json").read_text()).get("silhouette", {})
     times["embed"] = time.time() - t
+    return code
 
-    table = R.join([reports / "expressions", reports / "identities"])
-    scores = demo_scores(reports)
-    lines = verdict(scores)
+
+def write_report(out: Path, corpus: Path, steps: int, times: dict, table: str, lines: list[str],
+                 silhouettes: dict) -> None:
     rel = lambda path: path.relative_to(out)
     pngs = [*(out / "runs" / preset / "curves.png" for preset in PRESETS),
-            *sorted((reports / "expressions").glob("*.png"))]
+            *sorted((out / "reports" / "expressions").glob("*.png"))]
     md = ["# sslfer demo", "", "## Verdict", "", *[f"- {line}" for line in lines], "",
-          f"Corpus: {corpus}. Pretraining: `simclr` and `sslfer`, ResNet-18 at {IMAGE_SIZE} px, {a.steps} steps of 32 "
+          f"Corpus: {corpus}. Pretraining: `simclr` and `sslfer`, ResNet-18 at {IMAGE_SIZE} px, {steps} steps of 32 "
           "instances each (CPU). Evaluation on people held apart from the corpus: 3 expressions (neutral, smile, "
           "surprise, made by warping each face around its landmarks, at random intensities, poses and light; "
           "linear probe, 3 head seeds) and the same images by person (FR-KNN: 1-NN accuracy by identity, a "
@@ -112,19 +152,6 @@ def main(argv=None) -> int:
           *[f"![{png.stem}]({rel(png)})" for png in sorted((out / "embed").glob("*.png"))], "",
           *[f"![{png.parent.name} {png.stem}]({rel(png)})" for png in pngs]]
     (out / "report.md").write_text("\n".join(md) + "\n")
-    print("\n== make demo ==")
-    print("time          " + ", ".join(f"{k} {v:.0f} s" for k, v in times.items()) +
-          f" (total {sum(times.values()):.0f} s)")
-    print(table)
-    print("verdict")
-    for line in lines:
-        print(f"  {line}")
-    for name, sil in silhouettes.items():
-        print(f"silhouette    {name}: by expression {sil.get('class', float('nan')):+.3f}, by person "
-              f"{sil.get('person', float('nan')):+.3f}")
-    print(f"report        {out / 'report.md'} (tables, embedding map, training curves, confusion matrices, "
-          f"Grad-CAM)")
-    return 0
 
 
 def demo_scores(reports: Path) -> dict[str, dict]:

@@ -1,18 +1,10 @@
-"""Expression embeddings of any face image or video with a pretrained backbone: a small Python API and
-`python -m eval embed INPUT... --ckpt CKPT [--ckpt ...] --out FILE.parquet [key=value ...]` (`make embed`).
+"""`python -m eval embed INPUT... --ckpt CKPT [--ckpt ...] --out FILE.parquet [key=value ...]` (`make embed`):
+expression embeddings of any face image or video with pretrained backbones, a parquet table, and figures. The
+Python side of the same thing is `from sslfer import load_encoder, FacePreprocess` (sslfer/encoder.py).
 
-    import torch
-    from eval.embed import FacePreprocess, load_encoder
-
-    net = load_encoder("runs/sslfer/backbone.pt")  # a torchvision ResNet whose forward is the pooled embedding
-    prep = FacePreprocess()                         # RGB uint8 image -> [3, 112, 112], aligned as in pretraining
-    with torch.no_grad():
-        emb = net(torch.stack([prep(image) for image in images]))
-
-Images are aligned exactly as the evaluation aligns them (mediapipe face mesh on the still, the pretraining
-template, 128 px, resize and centre crop to 112, ImageNet normalisation), so their embeddings equal the
-evaluation's features; video frames are sampled and aligned as `make shards` does it (the same timestamps, the
-face tracked through the clip). An input that cannot be read or shows no face is listed with its reason."""
+Images are aligned exactly as the evaluation aligns them, so their embeddings equal the evaluation's features;
+video frames are sampled and aligned as `make shards` does it (the same timestamps, the face tracked through the
+clip). An input that cannot be read or shows no face is listed with its reason."""
 from __future__ import annotations
 
 import argparse
@@ -26,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.datasets import IMAGE_EXTENSIONS
 from sslfer.decode import VIDEO_EXTENSIONS
 from sslfer.encoder import FACE_SIZE, FacePreprocess, NoFace, face_box, load_encoder, load_projector
+from sslfer.folders import IMAGE_EXTENSIONS
 from sslfer.progress import progress
 
 
@@ -179,62 +171,95 @@ class TableWriter:
 MAP_POINTS = 3000  # images drawn (seeded) for the map: its PCA and silhouettes need them all in memory
 
 
+class Embedder:
+    """Every checkpoint's embeddings of one chunk of faces at a time, written to the table as they come; the faces
+    drawn for the map kept aside (their embeddings, labels and people)."""
+
+    def __init__(self, specs: list[str], cfg, table: "TableWriter", on_map: set):
+        from eval.backbones import row_names
+        from sslfer.device import resolve_device
+
+        self.cfg, self.table, self.on_map = cfg, table, on_map
+        self.device = resolve_device(cfg.device)  # the device and every --ckpt before any face is aligned
+        self.names = row_names(specs, cfg.arch)
+        self.nets = {spec: load_encoder(spec, cfg.arch, cfg.seed) for spec in self.names}
+        self.heads = {spec: load_projector(spec) for spec in self.names} if cfg.projection else {}
+        self.mapped: dict[str, list[np.ndarray]] = {name: [] for name in self.names.values()}
+        self.map_labels, self.map_people, self.dim, self.faces = [], [], 0, 0
+
+    def __call__(self, found: Faces, images_chunk: bool) -> dict[str, np.ndarray]:
+        """Write the chunk's rows for every checkpoint; returns its embeddings."""
+        from eval.probe import extract_features
+
+        cfg, faces, got = self.cfg, np.stack(found.faces), {}
+        for spec, name in self.names.items():
+            emb = np.asarray(extract_features(self.nets[spec], faces, cfg.image_size, self.device,
+                                              batch=cfg.batch_size, desc="embed"), np.float32)
+            proj = None
+            if spec in self.heads:
+                with torch.no_grad():
+                    proj = self.heads[spec](torch.from_numpy(emb)).numpy()
+            got[name], self.dim = emb, emb.shape[1]
+            self.table.write([{"checkpoint": name, **{k: v for k, v in row.items() if k != "index"},
+                               "embedding": emb[i].tolist(),
+                               **({"projection": proj[i].tolist()} if proj is not None else {})}
+                              for i, row in enumerate(found.rows)])
+            if images_chunk:
+                self.mapped[name].append(emb[[i for i, row in enumerate(found.rows) if row["index"] in self.on_map]])
+        if images_chunk:
+            keep = [row for row in found.rows if row["index"] in self.on_map]
+            self.map_labels.extend(row["label"] for row in keep)
+            self.map_people.extend(row["identity"] for row in keep)
+        self.faces += len(found.faces)
+        return got
+
+
 def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
     """Embed every face of the inputs with every checkpoint; writes OUT (parquet), OUT's .rejects.csv, the
     figures, and OUT's .json summary; returns the summary. Inputs go through in chunks (cfg.chunk images, or one
     video): memory does not grow with the number of inputs."""
-    import csv
-    import multiprocessing as mp
-
-    from eval import embed_plots
-    from eval.backbones import row_names
-    from eval.probe import extract_features
-    from sslfer.device import resolve_device
-
     t0 = time.time()
-    device = resolve_device(cfg.device)  # the device and every --ckpt before any face is aligned
-    names = row_names(specs, cfg.arch)
-    nets = {spec: load_encoder(spec, cfg.arch, cfg.seed) for spec in names}
-    heads = {spec: load_projector(spec) for spec in names} if cfg.projection else {}
     images, videos, rejects = find_inputs(inputs)
-    if not images and not videos:
-        raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos "
-                         f"({', '.join(sorted(VIDEO_EXTENSIONS))}) in {' '.join(inputs)}")
     on_map = set(np.random.default_rng(cfg.seed).permutation(len(images))[:MAP_POINTS].tolist())
-    mapped: dict[str, list[np.ndarray]] = {name: [] for name in names.values()}
-    map_labels, map_people, figures, dim = [], [], [], 0
     out.parent.mkdir(parents=True, exist_ok=True)
     table = TableWriter(out)
-    faces_total = 0
+    try:
+        embedder = Embedder(specs, cfg, table, on_map)
+        if not images and not videos:
+            raise ValueError(f"no images ({', '.join(sorted(IMAGE_EXTENSIONS))}) or videos "
+                             f"({', '.join(sorted(VIDEO_EXTENSIONS))}) in {' '.join(inputs)}")
+        rejects += embed_images(images, cfg, embedder)
+        video_rejects, figures = embed_videos(videos, cfg, embedder, out)
+        rejects += video_rejects
+        if not embedder.faces:
+            raise ValueError(f"no face in any input ({len(rejects)} listed: first {rejects[0]['source']}: "
+                             f"{rejects[0]['reason']})")
+    except BaseException:
+        table.discard()
+        raise
+    table.close()
+    rejects_path = write_rejects(out.with_suffix(".rejects.csv"), rejects)
+    summary = {"out": str(out), "rejects": str(rejects_path), "checkpoints": list(embedder.names.values()),
+               "images": len(images), "videos": len(videos), "faces": embedder.faces, "rejected": len(rejects),
+               "dim": embedder.dim, "figures": figures}
+    if cfg.plots and len(set(embedder.map_labels) - {""}) >= 2:
+        from eval import embed_plots
 
-    def embed_chunk(found: Faces, images_chunk: bool) -> dict[str, np.ndarray]:
-        """Write the chunk's rows for every checkpoint; returns its embeddings. Images drawn for the map are
-        also kept."""
-        nonlocal dim, faces_total
-        faces = np.stack(found.faces)
-        got = {}
-        for spec, name in names.items():
-            emb = np.asarray(extract_features(nets[spec], faces, cfg.image_size, device, batch=cfg.batch_size,
-                                              desc="embed"), np.float32)
-            proj = None
-            if spec in heads:
-                with torch.no_grad():
-                    proj = heads[spec](torch.from_numpy(emb)).numpy()
-            got[name], dim = emb, emb.shape[1]
-            table.write([{"checkpoint": name, **{k: v for k, v in row.items() if k != "index"},
-                          "embedding": emb[i].tolist(), **({"projection": proj[i].tolist()} if proj is not None
-                                                            else {})}
-                         for i, row in enumerate(found.rows)])
-            if images_chunk:
-                keep = [i for i, row in enumerate(found.rows) if row["index"] in on_map]
-                mapped[name].append(emb[keep])
-        if images_chunk:
-            keep = [row for row in found.rows if row["index"] in on_map]
-            map_labels.extend(row["label"] for row in keep)
-            map_people.extend(row["identity"] for row in keep)
-        faces_total += len(found.faces)
-        return got
+        png = out.with_name(out.stem + "-map.png")
+        summary["silhouette"] = embed_plots.map_png({n: np.concatenate(v) for n, v in embedder.mapped.items()},
+                                                    embedder.map_labels, embedder.map_people, png)
+        summary["map_points"] = len(embedder.map_labels)
+        figures.insert(0, str(png))
+    summary["seconds"] = round(time.time() - t0, 1)
+    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
+    return summary
 
+
+def embed_images(images: list[tuple[Path, str]], cfg, embedder: Embedder) -> list[dict]:
+    """The images, aligned (in worker processes) and embedded chunk by chunk; returns their rejects."""
+    import multiprocessing as mp
+
+    rejects = []
     pool = mp.get_context("spawn").Pool(cfg.workers) if cfg.workers > 1 and len(images) > 32 else None
     try:
         with progress(total=len(images), desc="embed images", unit="img", dynamic_ncols=True,
@@ -243,44 +268,40 @@ def embed(inputs: list[str], specs: list[str], cfg, out: Path) -> dict:
                 found = align_images(images[first:first + cfg.chunk], cfg, pool, bar, first)
                 rejects += found.rejects
                 if found.faces:
-                    embed_chunk(found, True)
-        for video in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
-            found = align_video(video, cfg)
-            rejects += found.rejects
-            if not found.faces:
-                continue
-            got = embed_chunk(found, False)
-            if cfg.plots and len(found.rows) >= 3:
-                png = out.with_name(f"{out.stem}-{video.stem}-time.png")
-                embed_plots.time_png(got, np.array([r["timestamp"] for r in found.rows]), video.name, png)
-                figures.append(str(png))
-        if not faces_total:
-            raise ValueError(f"no face in any input ({len(rejects)} listed: first {rejects[0]['source']}: "
-                             f"{rejects[0]['reason']})")
-    except BaseException:
-        table.discard()
-        raise
+                    embedder(found, True)
     finally:
         if pool:
             pool.terminate()
-    table.close()
-    rejects_path = out.with_suffix(".rejects.csv")
-    with open(rejects_path, "w", newline="") as f:
+    return rejects
+
+
+def embed_videos(videos: list[Path], cfg, embedder: Embedder, out: Path) -> tuple[list[dict], list[str]]:
+    """Each video's sampled frames, aligned and embedded, and its embedding-over-time figure; returns (rejects,
+    figures)."""
+    from eval import embed_plots
+
+    rejects, figures = [], []
+    for video in progress(videos, desc="videos", unit="video", dynamic_ncols=True, disable=len(videos) < 2):
+        found = align_video(video, cfg)
+        rejects += found.rejects
+        if not found.faces:
+            continue
+        got = embedder(found, False)
+        if cfg.plots and len(found.rows) >= 3:
+            png = out.with_name(f"{out.stem}-{video.stem}-time.png")
+            embed_plots.time_png(got, np.array([r["timestamp"] for r in found.rows]), video.name, png)
+            figures.append(str(png))
+    return rejects, figures
+
+
+def write_rejects(path: Path, rejects: list[dict]) -> Path:
+    import csv
+
+    with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, ["source", "frame", "timestamp", "reason"])
         w.writeheader()
         w.writerows(rejects)
-    summary = {"out": str(out), "rejects": str(rejects_path), "checkpoints": list(names.values()),
-               "images": len(images), "videos": len(videos), "faces": faces_total, "rejected": len(rejects),
-               "dim": dim, "figures": figures}
-    if cfg.plots and len(set(map_labels) - {""}) >= 2:
-        png = out.with_name(out.stem + "-map.png")
-        summary["silhouette"] = embed_plots.map_png({n: np.concatenate(v) for n, v in mapped.items()}, map_labels,
-                                                    map_people, png)
-        summary["map_points"] = len(map_labels)
-        figures.insert(0, str(png))
-    summary["seconds"] = round(time.time() - t0, 1)
-    out.with_suffix(".json").write_text(json.dumps(summary, indent=2))
-    return summary
+    return path
 
 
 def print_summary(s: dict) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from eval import datasets as D
+from sslfer.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,13 @@ class EvalDataset:
     columns: tuple[tuple[str, str, str, str], ...] = ()  # Table 1: (title, metrics section, key, pct | num)
 
 
-DATASETS: dict[str, EvalDataset] = {}
+DATASETS = Registry("evaluation dataset")
 
 
 def register_dataset(entry: EvalDataset) -> EvalDataset:
-    if entry.name in DATASETS and DATASETS[entry.name] != entry:
-        raise ValueError(f"evaluation dataset {entry.name!r} is registered already")
     if entry.name in ("report", "embed"):
         raise ValueError(f"{entry.name!r} is a command of python -m eval, not a dataset name")
-    DATASETS[entry.name] = entry
-    return entry
+    return DATASETS.register(entry.name)(entry)
 
 
 def table1_columns() -> list[tuple[str, str, str, str, str]]:
@@ -46,7 +44,8 @@ register_dataset(EvalDataset(
     "affectnet", lambda root, cfg: D.affectnet(root, cfg.classes, cfg.val_fraction, cfg.seed),
     "AffectNet as distributed (Manually_Annotated_Images/, training.csv, validation.csv)",
     defaults=("task=both",), table1_args=("protocol=both",),
-    columns=(("Freeze-AffectNet F1", "linear_expr", "f1", "pct"), ("Freeze-AffectNet Acc", "linear_expr", "acc", "pct"),
+    columns=(("Freeze-AffectNet F1", "linear_expr", "f1", "pct"),
+             ("Freeze-AffectNet Acc", "linear_expr", "acc", "pct"),
              ("Finetune-AffectNet F1", "finetune_expr", "f1", "pct"),
              ("Finetune-AffectNet Acc", "finetune_expr", "acc", "pct"),
              ("Valence CCC", "finetune_va", "v_ccc", "num"), ("Valence RMSE", "finetune_va", "v_rmse", "num"),
@@ -55,12 +54,14 @@ register_dataset(EvalDataset(
     "fer2013", lambda root, cfg: D.fer2013(root, cfg.val_fraction, cfg.test_fraction, cfg.seed),
     "fer2013.csv (or icml_face_data.csv), or train/ and test/ class folders",
     defaults=("epochs=300",), table1_args=("protocol=finetune",),
-    columns=(("Freeze-FER2013 Acc", "linear_expr", "acc", "pct"), ("Finetune-FER2013 Acc", "finetune_expr", "acc", "pct"))))
+    columns=(("Freeze-FER2013 Acc", "linear_expr", "acc", "pct"),
+             ("Finetune-FER2013 Acc", "finetune_expr", "acc", "pct"))))
 register_dataset(EvalDataset(
     "rafdb", lambda root, cfg: D.rafdb(root, cfg.val_fraction, cfg.seed),
     "RAF-DB basic (EmoLabel/list_patition_label.txt, Image/aligned or Image/original)",
     table1_args=("protocol=both",),
-    columns=(("Freeze-RAF-DB Acc", "linear_expr", "acc", "pct"), ("Finetune-RAF-DB Acc", "finetune_expr", "acc", "pct"))))
+    columns=(("Freeze-RAF-DB Acc", "linear_expr", "acc", "pct"),
+             ("Finetune-RAF-DB Acc", "finetune_expr", "acc", "pct"))))
 register_dataset(EvalDataset(
     "lfw", lambda root, cfg: D.lfw(root), "LFW <Name>/<Name>_NNNN.jpg (pairs.txt beside it for verification)",
     task="identity", columns=(("FR-KNN ↓", "fr_knn", "acc", "pct"),)))

@@ -10,9 +10,10 @@ per step and a submit.sh that chains them with job dependencies instead of runni
 
 Which checkpoint a row is: the paper saves checkpoints every 5 epochs once instance top-1 reaches 60% and reports
 the best stage (its Table 3: 150-250 epochs, best at 210). Here the choice is stated in the table:
-`--checkpoint best` (the default when --monitor is given) evaluates RUN/checkpoints/best.pt, the step with the
-best online expression kNN on the --monitor folder (e.g. FER2013's train/: pick it apart from the test sets);
-`--checkpoint last` evaluates the end of training (RUN/backbone.pt). The epoch checkpoints stay in
+`--checkpoint last` (the default) evaluates the end of training (RUN/backbone.pt); `--checkpoint best` evaluates
+RUN/checkpoints/best.pt, the trained step with the best online expression kNN on the --monitor folder (pick a set
+that is not a column of the table). `last` stays the default until a measurement shows `best` beating it on data
+apart from the monitor's. The epoch checkpoints stay in
 RUN/checkpoints/ for a sweep by hand."""
 from __future__ import annotations
 
@@ -91,10 +92,13 @@ def write_slurm(a, train, evals, join) -> Path:
                                    "set -euo pipefail", f"cd {shlex.quote(str(cwd))}"]) + "\n" + body)
         return shlex.quote(str(path))
 
-    def pretraining(argv: list[str]) -> str:
-        # argv: python -m train SHARDS RUN --preset P [options]
+    def pretraining(name: str, argv: list[str]) -> str:
+        # argv: python -m train SHARDS RUN --preset P [options]; the options go in a file, intact (the job script
+        # reads ARGS_FILE), as make pretrain-slurm hands them over
+        options = folder / f"{name}.args"
+        options.write_bytes(b"".join(o.encode() + b"\0" for o in argv[7:]))
         env = {"WORKDIR": str(cwd), "PYTHON": argv[0], "SHARDS": argv[3], "RUN": argv[4], "PRESET": argv[6],
-               "ARGS": shlex.join(argv[7:])}
+               "ARGS_FILE": str(options)}
         return ("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
                 + f"exec bash {shlex.quote(str(PRETRAIN_SBATCH))}\n")
 
@@ -106,7 +110,7 @@ def write_slurm(a, train, evals, join) -> Path:
     for name, argv in train:
         run_dir = Path(argv[4]).resolve()
         body = (f"if [ -f {shlex.quote(str(run_dir / 'summary.json'))} ]; then echo 'already finished'; exit 0; fi\n"
-                + pretraining(argv))
+                + pretraining(name, argv))
         path = script(name, body, train_resources, ["#SBATCH --signal=USR1@120", "#SBATCH --requeue",
                                                     "#SBATCH --open-mode=append"])
         lines.append(f"train_jobs=\"$train_jobs:$(sbatch --parsable {path})\"")
@@ -143,8 +147,7 @@ def main(argv=None) -> int:
                                                  "watches (monitor=): kNN accuracy every monitor_every steps, "
                                                  "best step kept as checkpoints/best.pt")
     p.add_argument("--checkpoint", choices=["best", "last"], default=None,
-                   help="which checkpoint each row evaluates: best (by the monitor; default with --monitor) or "
-                        "last (default without)")
+                   help="which checkpoint each row evaluates: last (default) or best (by the monitor, --monitor)")
     p.add_argument("--train", default="", help="options for every pretraining, 'key=value ...'")
     p.add_argument("--eval", default="", help="options for every evaluation, 'key=value ...'")
     p.add_argument("--slurm", action="store_true", help="write sbatch scripts and submit.sh instead of running")
@@ -159,7 +162,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not any(getattr(a, ds.name) for ds in table1_datasets()):
         p.error(f"give at least one of {' '.join('--' + ds.name for ds in table1_datasets())}")
-    a.checkpoint = a.checkpoint or ("best" if a.monitor else "last")
+    a.checkpoint = a.checkpoint or "last"
     if a.checkpoint == "best" and not a.monitor:
         p.error("--checkpoint best needs --monitor DIR (the set whose kNN score picks the step)")
     if a.monitor and not Path(a.monitor).is_dir():

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -279,3 +280,12 @@ class InfoRecords(MutableMapping):
 
     def __len__(self) -> int:
         return len(self._records)
+
+
+@dataclass
+class Plan:
+    """Per clip: the hash keying each step's output."""
+    clips: list[Clip]
+    faces: dict = field(default_factory=dict)
+    region: dict = field(default_factory=dict)
+    faceswap: dict = field(default_factory=dict)

@@ -9,11 +9,12 @@ from typing import Iterator
 
 import numpy as np
 
+from preprocess.cache import StepCache
 from preprocess.corpus import Clip
 from preprocess.settings import ShardsConfig
 from sslfer.decode import DecodeError, DecodeReport, Frame, read_frame_folder, read_video
 from sslfer.face_geometry import N_LANDMARKS, align_face
-from sslfer.shards.schema import encode_jpeg, join_jpegs
+from sslfer.shards.schema import decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 
 
 def reject(clip: Clip, step: str, reason: str, frame: int = -1, timestamp: float = -1.0) -> dict:
@@ -82,3 +83,21 @@ def read_clip(clip: Clip, sample_fps: float, frames_fps: float, max_side: int,
     if clip.kind == "frames":
         return read_frame_folder(clip.path, sample_fps, frames_fps, max_side)
     return read_video(clip.path, sample_fps, max_side, report)
+
+
+def output_images(arrays: dict, name: str) -> list[np.ndarray]:
+    """The decoded images of blob `name` (faces, eyes, mouth) of a faces output."""
+    blob, idx = arrays[f"{name}_blob"], arrays[f"{name}_idx"]
+    return [decode_jpeg(jpeg_at(blob, idx, i)) for i in range(len(idx) - 1)]
+
+
+def failed_info(clip: Clip, reason: str) -> dict:
+    """The faces info of a clip whose job failed outright (not cached: the next run tries it again)."""
+    return {"sampled": 0, "kept": 0, "drops": {}, "failed": True, "rejects": [reject(clip, "faces", reason)]}
+
+
+def faces_job(args):
+    clip, cfg, cache_root, h = args
+    arrays, info = run_faces(clip, cfg)
+    StepCache(cache_root, "faces").save(clip.key, h, arrays, info)
+    return info

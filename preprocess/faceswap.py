@@ -9,12 +9,21 @@ adding clips changes none); one seeded random frame of each is tried and the bes
 from __future__ import annotations
 
 import hashlib
+import json
+from contextlib import ExitStack
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from sslfer.face_geometry import EYES_AND_BROWS, NOSE_AND_MOUTH, SWAP_FIT, apply, inter_ocular, similarity
+from preprocess.cache import Plan, StepCache
+from preprocess.corpus import Clip
+from preprocess.faces import output_images
+from preprocess.settings import ShardsConfig
+from sslfer.face_geometry import (EYES_AND_BROWS, MOUTH_BINS, NOSE_AND_MOUTH, SWAP_FIT, apply, inter_ocular,
+                                  mouth_bin, mouth_opening, similarity)
+from sslfer.npz import NpzArrays
+from sslfer.shards.schema import SUMMARY, decode_jpeg, encode_jpeg, jpeg_at, join_jpegs
 
 
 def _score(*parts) -> int:
@@ -192,3 +201,97 @@ def contact_sheet(rows: list[tuple[np.ndarray, np.ndarray, np.ndarray]], path) -
         cv2.putText(head, text, (i * size + 6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     ok, png = cv2.imencode(".png", cv2.cvtColor(np.vstack([head, *tiles]), cv2.COLOR_RGB2BGR))
     atomic_write_bytes(path, png.tobytes())
+
+
+SWAP_SHEET = "faceswap-sheet.png"
+
+
+DONOR_TABLE = "faceswap-donors.parquet"  # each clip's donor clips, kept from run to run (sticky_donors)
+
+
+def write_contact_sheet(path: Path, usable: list[Clip], plan: Plan, caches: dict, swap_infos: dict, seed: int,
+                        rows: int = 8) -> None:
+    """faceswap-sheet.png: face, composite and donor frame for a few seeded frames of different clips (those
+    with composites, known from their info records: no output is opened but the ones shown)."""
+    rng = np.random.default_rng(seed)
+    with_swaps = [c for c in usable if swap_infos[c.key]["made"]]
+    picked = []
+    for i in rng.permutation(len(with_swaps))[:rows]:
+        clip = with_swaps[i]
+        swaps, info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
+        made = [j for j, d in enumerate(info["donors"]) if d]
+        j = made[rng.integers(len(made))]
+        donor_key, donor_frame = info["donors"][j].split(";")[0].rsplit("/", 1)
+        with caches["faces"].open(clip.key, plan.faces[clip.key]) as faces, \
+                caches["faces"].open(donor_key, plan.faces[donor_key]) as donor:
+            picked.append((decode_jpeg(jpeg_at(faces["faces_blob"], faces["faces_idx"], j)),
+                           decode_jpeg(jpeg_at(swaps["swaps_blob"], swaps["swaps_idx"],
+                                               j * info["swaps_per_frame"])),
+                           decode_jpeg(jpeg_at(donor["faces_blob"], donor["faces_idx"], int(donor_frame)))))
+    if picked:
+        contact_sheet(picked, path)
+
+
+def made_composites(out: Path) -> bool:
+    """Whether the last run's summary counts composites (or there is none to tell): with no FaceSwap work to
+    do, a corpus without composites has no sheet to make, and finding that out means parsing every clip's
+    FaceSwap record (~10 s a rerun at VoxCeleb2 size)."""
+    try:
+        return json.loads((out / SUMMARY).read_bytes()).get("composites", 1) > 0
+    except (OSError, ValueError, AttributeError):
+        return True
+
+
+def swap_job(args):
+    key, h, cfg, cache_root, face_path, donor_paths = args
+    with ExitStack() as files:
+        arrays = files.enter_context(NpzArrays(face_path))
+        donors = {d: files.enter_context(NpzArrays(p)) for d, p in donor_paths.items()}
+        out, info = make_swaps(key, arrays, donors, cfg)
+    StepCache(cache_root, "faceswap").save(key, h, out, info)
+    return info
+
+
+def make_swaps(key: str, arrays: dict, donors: dict[str, dict], cfg: ShardsConfig) -> tuple[dict, dict]:
+    """Composites for every frame of one clip, given its faces output and its donor clips' outputs."""
+    faces = output_images(arrays, "faces")
+    lms = arrays["landmarks"].astype(np.float32)
+    donor_faces: dict[tuple, np.ndarray] = {}
+    k = max(1, cfg.swaps_per_frame)
+    jpegs, donor_names, misfits, rejects = [], [], [], []
+    made = 0
+    for i, (face, lm) in enumerate(zip(faces, lms)):
+        tried = []
+        for d, darr in donors.items():
+            j = donor_frame(cfg.swap_seed, key, i, d, len(darr["time"]))
+            err, m = misfit(lm, darr["landmarks"][j].astype(np.float32))
+            tried.append((err, m, d, j))
+        tried.sort(key=lambda t: t[0])
+        fitting = [t for t in tried if t[0] <= cfg.swap_max_misfit][:k]
+        misfits.append(tried[0][0] if tried else np.nan)
+        if not fitting:
+            reason = "no donor of another speaker" if not tried else \
+                f"landmark geometry too different from every donor tried (misfit {tried[0][0]:.3f} > " \
+                f"{cfg.swap_max_misfit:g})"
+            rejects.append({"source": "", "key": key, "frame": i, "timestamp": float(arrays["time"][i]),
+                            "step": "faceswap", "reason": reason})
+        names = []
+        for err, m, d, j in fitting:  # the best-fitting donors, one composite each
+            if (d, j) not in donor_faces:
+                blob, idx = donors[d]["faces_blob"], donors[d]["faces_idx"]
+                donor_faces[(d, j)] = decode_jpeg(jpeg_at(blob, idx, j))
+            img = composite(face, lm, donor_faces[(d, j)], donors[d]["landmarks"][j].astype(np.float32), m,
+                               cfg.swap_feather, cfg.swap_colour_blur, cfg.swap_dilate)
+            jpegs.append(encode_jpeg(img, cfg.jpeg_quality))
+            names.append(f"{d}/{j}")
+        jpegs += [b""] * (k - len(fitting))
+        donor_names.append(";".join(names))
+        made += bool(fitting)
+    blob, idx = join_jpegs(jpegs)
+    bins = mouth_bin(mouth_opening(lms)) if len(lms) else np.zeros(0, int)
+    covered = np.array([bool(n) for n in donor_names], bool)
+    coverage = {name: [int((bins == b).sum()), int((covered & (bins == b)).sum())]
+                for b, (name, _) in enumerate(MOUTH_BINS)}
+    info = {"donors": donor_names, "made": made, "composites": sum(1 for j in jpegs if j),
+            "swaps_per_frame": k, "rejects": rejects, "coverage": coverage}
+    return {"swaps_blob": blob, "swaps_idx": idx, "misfit": np.array(misfits, np.float32)}, info

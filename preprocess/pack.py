@@ -106,8 +106,6 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     whose clips are all unchanged are kept as they are; clips that are new or changed, and the unchanged clips
     that shared a shard with a changed or removed one, are written to new shards; then the manifest is
     replaced (atomically) and the shards it no longer names are deleted."""
-    from sslfer.progress import progress
-
     pack_options = digest(cfg.shard_max_mb, cfg.pack_seed, cfg.window_s, fields_version())
     for tmp in out.glob(".shard-*.tmp"):
         tmp.unlink()
@@ -115,48 +113,70 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     previous = _previous(out, pack_options)
     if previous is None:  # everything is packed again: no manifest until the new one is whole
         (out / MANIFEST).unlink(missing_ok=True)
-    done = np.zeros(len(clips), bool)
-    existing = []
-    kept_shards: list[str] = []
-    dirty = None  # shards of the previous manifest to leave out: None when there is none to build on
-    if previous is not None:  # a window's rows name its clip by source; compared row group by row group
-        rels = pa.array([c.rel for c in clips], pa.string())
-        wanted = pa.array([want[c.key] for c in clips], pa.string())
-        batches = previous.to_batches()
-        stale_shards = set()
-        for b in batches:
-            source = b.column("source")  # per dictionary entry: its clip and that clip's hash now
-            now = pa.DictionaryArray.from_arrays(source.indices, wanted.take(pc.index_in(source.dictionary, rels)))
-            stale = pc.fill_null(pc.not_equal(now, b.column("sample_hash")), True)
-            stale_shards.update(pc.unique(b.column("shard").filter(stale)).to_pylist())
-        dirty = pa.array(sorted(stale_shards), pa.string())
-        for b in batches:
-            keep = pc.invert(pc.is_in(b.column("shard"), dirty))
-            kept_sources = pc.unique(b.column("source").filter(keep)).to_pylist()
-            done[pc.index_in(pa.array(kept_sources, pa.string()), rels).drop_null().to_numpy(zero_copy_only=False)] = True
-        existing = [int(name.split("-")[1].split(".")[0]) for name in shard_names(previous)]
-        kept_shards = sorted(set(shard_names(previous)) - stale_shards)
+    done, first_shard, kept_shards, dirty = _reusable(previous, clips, want)
     todo = [c for c, is_done in zip(clips, done) if not is_done]
     order = sorted(todo, key=lambda c: hashlib.sha1(f"{cfg.pack_seed}|{c.key}".encode()).hexdigest())
-    writer = ShardWriter(out, cfg.shard_max_mb * 1e6, first=max(existing, default=-1) + 1)
+    written, new_rows_path = _write_shards(out, order, plan, caches, cfg, want, first_shard)
+    shards = sorted(kept_shards + written)
+    region_descriptor, region_dim = "", 0
+    if clips:
+        region_info = caches["region"].load(clips[0].key, plan.region[clips[0].key])[1]
+        region_descriptor, region_dim = region_info["descriptor"], int(region_info["dim"])
+    metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": pack_hash, "pack_options": pack_options,
+                "shards": len(shards), "bytes": sum((out / s).stat().st_size for s in shards),
+                "region_descriptor": region_descriptor, "region_dim": region_dim,
+                "columns": json.dumps(MANIFEST_COLUMNS)}
+    schema = arrow_schema(MANIFEST_COLUMNS).with_metadata({k: str(v) for k, v in metadata.items()})
+    frames = _write_manifest(out, schema, dirty, new_rows_path)
+    _write_rejects(out, plan, discover_rejects, infos, swap_infos)
+    named = set(shards)
+    for stale in out.glob("shard-*.tar"):  # replaced by this packing (or left by an earlier one)
+        if stale.name not in named:
+            stale.unlink()
+    return {"shards": len(shards), "shards_written": len(written), "shards_kept": len(named) - len(written),
+            "clips_written": len(todo), "bytes": metadata["bytes"], "frames": frames}
+
+
+def _reusable(previous, clips, want: dict) -> tuple[np.ndarray, int, list[str], object]:
+    """(which clips sit in a kept shard, the first new shard's number, the kept shards, the previous manifest's
+    shards to leave out: None when there is no manifest to build on). A window's rows name its clip by source;
+    compared row group by row group."""
+    done = np.zeros(len(clips), bool)
+    if previous is None:
+        return done, 0, [], None
+    rels = pa.array([c.rel for c in clips], pa.string())
+    wanted = pa.array([want[c.key] for c in clips], pa.string())
+    batches = previous.to_batches()
+    stale_shards = set()
+    for b in batches:
+        source = b.column("source")  # per dictionary entry: its clip and that clip's hash now
+        now = pa.DictionaryArray.from_arrays(source.indices, wanted.take(pc.index_in(source.dictionary, rels)))
+        stale = pc.fill_null(pc.not_equal(now, b.column("sample_hash")), True)
+        stale_shards.update(pc.unique(b.column("shard").filter(stale)).to_pylist())
+    dirty = pa.array(sorted(stale_shards), pa.string())
+    for b in batches:
+        keep = pc.invert(pc.is_in(b.column("shard"), dirty))
+        kept_sources = pc.unique(b.column("source").filter(keep)).to_pylist()
+        done[pc.index_in(pa.array(kept_sources, pa.string()), rels).drop_null().to_numpy(zero_copy_only=False)] = True
+    existing = [int(name.split("-")[1].split(".")[0]) for name in shard_names(previous)]
+    return done, max(existing, default=-1) + 1, sorted(set(shard_names(previous)) - stale_shards), dirty
+
+
+def _write_shards(out: Path, order: list, plan, caches, cfg, want: dict, first_shard: int) -> tuple[list[str], Path]:
+    """The clips' samples (window by window) into new shards, and their manifest rows into a temporary parquet
+    file, flushed as they come (~37 M rows at VoxCeleb2 size). Returns (shards written, that file)."""
+    from sslfer.progress import progress
+
+    writer = ShardWriter(out, cfg.shard_max_mb * 1e6, first=first_shard)
     schema = arrow_schema(MANIFEST_COLUMNS)
     columns: dict[str, list] = {name: [] for name in schema.names}  # column-wise: no dict per frame
     new_rows_path, buffered = out / f".{MANIFEST}.new.tmp", 0
-    new_rows_out = pq.ParquetWriter(new_rows_path, schema)  # flushed as they come: ~37 M rows at VoxCeleb2 size
+    new_rows_out = pq.ParquetWriter(new_rows_path, schema)
     for clip in progress(order, desc="pack", unit="clip", dynamic_ncols=True):
         if buffered >= ROWS_PER_FLUSH:
             new_rows_out.write_table(_rows_table(columns, schema))
             columns, buffered = {name: [] for name in schema.names}, 0
-        faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
-        region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
-        if plan.faceswap[clip.key]:
-            swaps, swap_info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
-        else:  # faceswap=false
-            n = len(faces["time"])
-            blob, idx = join_jpegs([b""] * n)
-            swaps = {"swaps_blob": blob, "swaps_idx": idx}
-            swap_info = {"donors": [""] * n, "rejects": [], "swaps_per_frame": 1}
-        whole = clip_sample(clip, faces, region, region_info, swaps, swap_info)
+        whole, n_faces = _load_sample(clip, plan, caches)
         first = 0
         for sample in whole.windows(cfg.window_s):
             shard = writer.write(sample.to_wds())
@@ -168,7 +188,7 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
             columns["frame"].append(np.arange(n, dtype=np.int64))
             columns["source_frame"].append(sample.source_frame.astype(np.int64))
             columns["timestamp"].append(sample.time.astype(np.float64))
-            columns["n_faces"].append(faces["n_faces"][first:first + n].astype(np.int64))
+            columns["n_faces"].append(n_faces[first:first + n].astype(np.int64))
             columns["has_region"].append(np.ones(n, bool))
             columns["has_swap"].append(sample.has_swap())
             columns["swap_donor"] += sample.meta["donors"]
@@ -177,18 +197,24 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
     writer.close()
     new_rows_out.write_table(_rows_table(columns, schema))
     new_rows_out.close()
-    shards = sorted(kept_shards + writer.written)
-    region_descriptor, region_dim = "", 0
-    if clips:
-        region_info = caches["region"].load(clips[0].key, plan.region[clips[0].key])[1]
-        region_descriptor, region_dim = region_info["descriptor"], int(region_info["dim"])
-    metadata = {"schema_version": SCHEMA_VERSION, "pack_hash": pack_hash, "pack_options": pack_options,
-                "shards": len(shards), "bytes": sum((out / s).stat().st_size for s in shards),
-                "region_descriptor": region_descriptor, "region_dim": region_dim,
-                "columns": json.dumps(MANIFEST_COLUMNS)}
-    frames = _write_manifest(out, schema.with_metadata({k: str(v) for k, v in metadata.items()}),
-                             dirty, new_rows_path)
+    return writer.written, new_rows_path
 
+
+def _load_sample(clip, plan, caches) -> tuple[ClipSample, np.ndarray]:
+    """The clip's sample from its step outputs, and its frames' face counts."""
+    faces, _ = caches["faces"].load(clip.key, plan.faces[clip.key])
+    region, region_info = caches["region"].load(clip.key, plan.region[clip.key])
+    if plan.faceswap[clip.key]:
+        swaps, swap_info = caches["faceswap"].load(clip.key, plan.faceswap[clip.key])
+    else:  # faceswap=false
+        n = len(faces["time"])
+        blob, idx = join_jpegs([b""] * n)
+        swaps = {"swaps_blob": blob, "swaps_idx": idx}
+        swap_info = {"donors": [""] * n, "rejects": [], "swaps_per_frame": 1}
+    return clip_sample(clip, faces, region, region_info, swaps, swap_info), faces["n_faces"]
+
+
+def _write_rejects(out: Path, plan, discover_rejects: list, infos: dict, swap_infos: dict) -> None:
     rels = {c.key: c.rel for c in plan.clips}
     rejects = list(discover_rejects)
     for c in plan.clips:
@@ -197,12 +223,6 @@ def pack(out: Path, clips, plan, caches, cfg, pack_hash: str, discover_rejects: 
         rejects.extend({**r, "source": rels[key]} for r in info["rejects"])
     write_parquet(out / REJECTS, [{**r, "frame": int(r["frame"]), "timestamp": float(r["timestamp"])}
                                   for r in rejects], REJECT_COLUMNS)
-    named = set(shards)
-    for stale in out.glob("shard-*.tar"):  # replaced by this packing (or left by an earlier one)
-        if stale.name not in named:
-            stale.unlink()
-    return {"shards": len(shards), "shards_written": len(writer.written), "shards_kept": len(named) -
-            len(writer.written), "clips_written": len(todo), "bytes": metadata["bytes"], "frames": frames}
 
 
 def _write_manifest(out: Path, schema: pa.Schema, dirty, new_rows_path: Path) -> int:

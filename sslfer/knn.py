@@ -1,9 +1,11 @@
-"""Face recognition with a frozen backbone: FR-KNN identification (paper Table 2) and LFW pair verification."""
+"""k-nearest neighbours on frozen features: FR-KNN identification (paper Table 2), LFW pair verification, and
+the monitor's k-NN vote."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+import torch
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -61,3 +63,31 @@ def verification_accuracy(sim: np.ndarray, same: np.ndarray, fold: np.ndarray) -
         best = max(candidates, key=lambda t: ((sim[train] >= t) == same[train]).mean())
         accs.append(((sim[test] >= best) == same[test]).mean())
     return float(np.mean(accs))
+
+
+def split_per_label(ids: np.ndarray, gallery_share: float, rng) -> tuple[np.ndarray, np.ndarray]:
+    gallery, probe = [], []
+    for label in np.unique(ids):
+        idx = rng.permutation(np.flatnonzero(ids == label))
+        k = min(len(idx) - 1, max(1, int(round(len(idx) * gallery_share))))
+        gallery += idx[:k].tolist()
+        probe += idx[k:].tolist()
+    return np.array(gallery, int), np.array(probe, int)
+
+
+def knn_vote(features: torch.Tensor, ids: np.ndarray, gallery: np.ndarray, probe: np.ndarray, k: int,
+             balanced: bool = False) -> float:
+    """Share of probes whose k nearest gallery images (cosine) vote for their label (ties: the nearest wins);
+    balanced: the mean over labels of that share among the label's probes."""
+    f = torch.nn.functional.normalize(features.float(), dim=1)
+    sim = f[probe] @ f[gallery].T
+    k = min(k, len(gallery))
+    top_sim, top = sim.topk(k, dim=1)
+    votes = torch.zeros(len(probe), int(ids.max()) + 1)
+    labels = torch.from_numpy(ids[gallery])[top]
+    # each neighbour votes 1, plus a tiny share of its similarity so that ties go to the nearer neighbours
+    votes.scatter_add_(1, labels, 1 + 1e-3 * top_sim.cpu())
+    right = votes.argmax(1).numpy() == ids[probe]
+    if balanced:
+        return float(np.mean([right[ids[probe] == label].mean() for label in np.unique(ids[probe])]))
+    return float(right.mean())

@@ -194,20 +194,20 @@ def test_frames_without_timestamps_are_placed_not_waited_for(monkeypatch):
 
 
 def test_a_clip_whose_job_fails_is_rejected_and_the_build_goes_on(good_corpus, tmp_path, monkeypatch):
-    from preprocess import pipeline
+    from preprocess import faces
 
-    real = pipeline.run_faces
+    real = faces.run_faces
 
     def flaky(clip, cfg):
         if clip.speaker == "id00002":
             raise MemoryError("simulated")
         return real(clip, cfg)
 
-    monkeypatch.setattr(pipeline, "run_faces", flaky)
+    monkeypatch.setattr(faces, "run_faces", flaky)
     summary = build(good_corpus, tmp_path / "s", workers=0)
     assert summary["clips_failed"] == 1 and "MemoryError: simulated" in summary["failed"][0]["reason"]
     assert summary["clips_usable"] == summary["clips"] - 1
-    monkeypatch.setattr(pipeline, "run_faces", real)
+    monkeypatch.setattr(faces, "run_faces", real)
     again = build(good_corpus, tmp_path / "s", workers=0)  # not cached as failed: tried again
     assert again["work_done"]["faces"] == 1 and again["clips_failed"] == 0
 

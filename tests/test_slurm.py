@@ -81,7 +81,8 @@ def pretrained(slurm, train_shards, tmp_path_factory):
     steps = 60
     common = dict(SHARDS=train_shards, PRESET="sslfer", NODES=1, GPUS_PER_NODE=0, TASKS_PER_NODE=2,
                   CPUS_PER_TASK=1, SBATCH_ARGS=f"--chdir={runs}",
-                  ARGS=f"{TINY} batch_size=8 workers=1 max_steps={steps} warm_epochs=1 seed=3 ckpt_minutes=1000")
+                  ARGS=f"{TINY} batch_size=8 workers=1 max_steps={steps} warm_epochs=1 seed=3 ckpt_minutes=1000 "
+                       "timeaug_frames=2,3,4,5,6 timeaug_frame_weights=5,4,3,2,1")  # commas: the official preset's
     whole = re.search(r"Submitted batch job (\d+)", make(slurm, "pretrain-slurm", RUN=runs / "whole", **common))[1]
     cut = re.search(r"Submitted batch job (\d+)", make(slurm, "pretrain-slurm", RUN=runs / "sslfer", **common))[1]
     assert slurm.wait(whole, 600) == "COMPLETED", job_output(runs, f"*-{whole}.out")
@@ -113,6 +114,14 @@ def test_pretraining_preempted_and_requeued_equals_an_uninterrupted_run(pretrain
         assert b[s]["loss"] == a[s]["loss"] and b[s]["top1"] == a[s]["top1"], s
     assert (runs / "sslfer" / "backbone.pt").is_file()
     assert "\r" not in output  # plain progress lines in a log, no bar redraws
+
+
+def test_options_with_commas_reach_the_job_intact(pretrained):
+    """sbatch --export=VAR=value cuts values at commas; make pretrain-slurm hands the job its options in a file."""
+    runs, _, _ = pretrained
+    for run in ("whole", "sslfer"):
+        config = (runs / run / "config.toml").read_text()
+        assert 'timeaug_frames = "2,3,4,5,6"' in config and 'timeaug_frame_weights = "5,4,3,2,1"' in config
 
 
 def test_table1_evaluation_jobs_run_on_the_scheduler(slurm, pretrained, tmp_path):

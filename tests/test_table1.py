@@ -33,7 +33,7 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
     # --monitor: every pretraining watches the set and each row is the best step by its kNN score
     expressions, _ = make_expression_sets(tmp_path / "sets", identities=2, per_class=3)
     best = ["--shards", str(shards), "--lfw", str(people), "--presets", "simclr", "--runs", str(tmp_path / "runs2"),
-            "--out", str(tmp_path / "rep2"), "--monitor", str(expressions), "--eval", EVAL,
+            "--out", str(tmp_path / "rep2"), "--monitor", str(expressions), "--checkpoint", "best", "--eval", EVAL,
             "--train", TRAIN + " monitor_every=1 monitor_max_images=20"]
     assert main(best) == 0
     table = (tmp_path / "rep2" / "table1.md").read_text()

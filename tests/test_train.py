@@ -662,7 +662,7 @@ def test_a_fault_on_one_rank_stops_every_rank(preset, fault, train_shards, tmp_p
 
 
 def test_knn_vote_by_hand():
-    from train.monitor import knn_vote
+    from sslfer.knn import knn_vote
 
     f = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.8, 0.3], [0.2, 1.0]])
     ids = np.array([0, 0, 1, 1, 1, 0])
@@ -702,9 +702,10 @@ def test_monitor_logs_expression_and_identity_and_keeps_the_best(source, train_s
     assert watched == [0, 2, 4]
     for k in watched:
         assert 0 <= rows[k]["monitor_expr_knn"] <= 1 and 0 <= rows[k]["monitor_id_knn"] <= 1
-    best = max(rows[k]["monitor_expr_knn"] for k in watched)
+    best = max(rows[k]["monitor_expr_knn"] for k in watched if k > 0)  # trained steps only
     assert s["monitor_expr_best"] == best
     state = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert state["step"] == max(k for k in watched if k > 0 and rows[k]["monitor_expr_knn"] == best)  # the later
     assert rows[state["step"]]["monitor_expr_knn"] == best and state["monitor_best"] == best
     assert (run / "curves.png").stat().st_size > 1000
     cached = list((tmp_path / "cache").glob("faces-*.npy"))
@@ -712,6 +713,18 @@ def test_monitor_logs_expression_and_identity_and_keeps_the_best(source, train_s
     pretrain(train_shards, tmp_path / "run2", config("simclr", "max_steps=1", f"monitor={expr}",
                                                      f"monitor_cache={tmp_path / 'cache'}", "monitor_max_images=140"))
     assert sorted((tmp_path / "cache").glob("faces-*.npy")) == sorted(cached)
+
+
+def test_a_monitored_run_keeps_a_trained_step_in_best_pt(train_shards, tmp_path):
+    from train.pretrain import pretrain
+
+    expr, _ = _monitor_sets(tmp_path)
+    run = tmp_path / "run"
+    pretrain(train_shards, run, config("simclr", "max_steps=6", f"monitor={expr}", "monitor_every=2",
+                                       "monitor_max_images=60", f"monitor_cache={tmp_path / 'cache'}"))
+    rows = _log(run)
+    assert [k for k in sorted(rows) if "monitor_expr_knn" in rows[k]] == [0, 2, 4, 6]
+    assert torch.load(run / "checkpoints" / "best.pt", weights_only=True)["step"] in (2, 4, 6)
 
 
 def test_monitor_folder_errors_are_one_line(train_shards, tmp_path):
@@ -806,3 +819,21 @@ def test_ranks_warm_their_share_of_the_tar_index_cache(train_shards, tmp_path):
     fresh = ShardIndex.build(train_shards)
     assert cached.keys == fresh.keys and cached.start.tolist() == fresh.start.tolist()
     assert cached.start.tolist()[:3] == index_tar(paths[0])[1][:3]
+
+
+def test_amp_fp16_scales_the_loss_keeps_the_scaler_in_the_checkpoint_and_says_so(train_shards, tmp_path, capsys):
+    from train.__main__ import main
+    from train.pretrain import pretrain
+
+    assert "amp (default 'auto')" in subprocess.run([sys.executable, "-m", "train", "--help"], cwd=ROOT,
+                                                     capture_output=True, text=True).stdout
+    run = tmp_path / "run"
+    pretrain(train_shards, run, config("simclr", "max_steps=2", "amp=fp16"))  # fp16 autocast on the CPU: a test
+    assert "AMP fp16 (loss scaling)" in capsys.readouterr().out
+    assert json.loads((run / "launches.jsonl").read_text().splitlines()[0])["amp"] == "fp16 (loss scaling)"
+    scaler = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["scaler"]
+    assert scaler["scale"] > 0 and "_growth_tracker" in scaler
+    s = pretrain(train_shards, run, config("simclr", "max_steps=3", "amp=fp16", "resume=force"))
+    assert s["steps"] == 3 and all(np.isfinite(r["loss"]) for r in _log(run).values() if "loss" in r)
+    assert main([str(train_shards), str(tmp_path / "r2"), *TINY, "amp=fp8"]) == 2
+    assert "amp=fp8: expected one of auto | bf16 | fp16 | off" in capsys.readouterr().err

@@ -16,22 +16,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sslfer import folders
 from sslfer.augment import eval_transform
+from sslfer.knn import knn_vote, split_per_label
 from sslfer.stills import Still, aligned_faces
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 KNN_K = 10
 
 
 def labelled_images(folder: Path) -> dict[str, list[Path]]:
-    """<label>/<image> files, sorted, by label (folders without images are left out)."""
-    if not folder.is_dir():
-        raise FileNotFoundError(f"monitor set {folder}: no such folder (expected <label>/*.jpg)")
-    out = {}
-    for d in sorted(p for p in folder.iterdir() if p.is_dir()):
-        files = sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if files:
-            out[d.name] = files
+    """The set's <label>/<image> files by label; at least two labels."""
+    try:
+        out = folders.labelled_images(folder)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"monitor set {e}") from None
     if len(out) < 2:
         raise FileNotFoundError(f"monitor set {folder}: needs at least two <label>/ folders of images")
     return out
@@ -49,29 +47,6 @@ def balanced_sample(by_label: dict[str, list[Path]], max_images: int, min_per_la
         paths += [files[j] for j in sorted(pick)]
         ids += [i] * len(pick)
     return paths, ids, labels
-
-
-def split_per_label(ids: np.ndarray, gallery_share: float, rng) -> tuple[np.ndarray, np.ndarray]:
-    gallery, probe = [], []
-    for label in np.unique(ids):
-        idx = rng.permutation(np.flatnonzero(ids == label))
-        k = min(len(idx) - 1, max(1, int(round(len(idx) * gallery_share))))
-        gallery += idx[:k].tolist()
-        probe += idx[k:].tolist()
-    return np.array(gallery, int), np.array(probe, int)
-
-
-def knn_vote(features: torch.Tensor, ids: np.ndarray, gallery: np.ndarray, probe: np.ndarray, k: int) -> float:
-    """Share of probes whose k nearest gallery images (cosine) vote for their label (ties: the nearest wins)."""
-    f = torch.nn.functional.normalize(features.float(), dim=1)
-    sim = f[probe] @ f[gallery].T
-    k = min(k, len(gallery))
-    top_sim, top = sim.topk(k, dim=1)
-    votes = torch.zeros(len(probe), int(ids.max()) + 1)
-    labels = torch.from_numpy(ids[gallery])[top]
-    # each neighbour votes 1, plus a tiny share of its similarity so that ties go to the nearer neighbours
-    votes.scatter_add_(1, labels, 1 + 1e-3 * top_sim.cpu())
-    return float((votes.argmax(1).numpy() == ids[probe]).mean())
 
 
 class MonitorSet:
@@ -95,7 +70,7 @@ class MonitorSet:
             x = eval_transform(self.faces[i:i + 256].to(device), size)
             with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=device.startswith("cuda")):
                 feats.append(backbone(x).float().cpu())
-        return knn_vote(torch.cat(feats), self.ids, self.gallery, self.probe, self.k)
+        return knn_vote(torch.cat(feats), self.ids, self.gallery, self.probe, self.k, balanced=self.k > 1)
 
 
 class Monitor:

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,13 +20,12 @@ import torch
 
 from sslfer.augment import augment
 from sslfer.config import to_toml
-from sslfer.device import resolve_device
+from sslfer.device import amp_dtype, resolve_amp, resolve_device
 from sslfer.progress import progress
 from sslfer.shards.index import ShardIndex
 from sslfer.shards.schema import manifest_file, shard_paths
 from sslfer.shards.tar import warm_tar_index
-from train import distributed as dist
-from train import runinfo
+from train import distributed as dist, runinfo
 from train.checkpoint import (export_backbone, load_checkpoint, save_checkpoint, set_rng_state, settings_diff,
                               unwrap)
 from train.data import BATCH_COUNTS, BatchStream, anchors_per_step, augment_options, step_seed
@@ -53,6 +53,7 @@ class Launch:
     rank: int = 0
     world: int = 1
     device: str = "cpu"
+    amp: str = "off"
     launch: dict = field(default_factory=dict)
     logger: object = None
     # data
@@ -135,8 +136,9 @@ def start_processes(r: Launch, argv: list[str] | None) -> None:
     """Device and process group; the start-up line; the logger (every rank checks its package)."""
     cfg = r.cfg
     r.rank, r.world, r.device = dist.setup(resolve_device(cfg.device), cfg.dist_timeout_min)
+    r.amp = resolve_amp(cfg.amp, r.device)
     r.launch, launch_warnings = runinfo.gather_launch(r.device, cfg.device, (dist.launch_env() or {}).get(
-        "launcher", "single process"), list(argv if argv is not None else sys.argv))
+        "launcher", "single process"), list(argv if argv is not None else sys.argv), r.amp)
     if r.main:
         print(runinfo.startup_line(r.launch), flush=True)
         for w in launch_warnings:
@@ -204,7 +206,10 @@ def build_method_and_optimiser(r: Launch) -> None:
     r.optimizer = make_optimizer(model, cfg)
     r.scheduler = torch.optim.lr_scheduler.LambdaLR(
         r.optimizer, lr_lambda(round(cfg.warm_epochs * r.steps_per_epoch), r.total_steps))
-    r.scaler = torch.amp.GradScaler(enabled=False)  # bf16 autocast needs no loss scaling; kept for checkpoints
+    r.scaler = torch.amp.GradScaler(r.device.split(":")[0], enabled=r.amp == "fp16")  # bf16 needs no scaling
+    if r.amp == "fp16":  # the scaler skips the steps whose gradients overflow (the first few, while it finds its
+        # scale); the schedule goes on, as torch's AMP recipe does: not a mistake to warn about
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -248,6 +253,8 @@ def resume(r: Launch) -> None:
     unwrap(r.model).load_state_dict(state["model"])
     r.optimizer.load_state_dict(state["optimizer"])
     r.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # empty when saved by a run without fp16
+        r.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     r.step, r.resumed_from = state["step"], chosen
     best_file = r.ckpt_dir / "best.pt"  # best.pt may be newer than the checkpoint resumed from
@@ -417,7 +424,7 @@ def train_step(r: Launch, batch: dict, gen: torch.Generator, signals: StopSignal
     x = views_of(r, batch, gen)
     inputs = {k: batch[k].to(r.device) for k in ("region", "speaker", "clip", "time")}
     unwrap(r.model).begin_step(r.step, r.total_steps)
-    with torch.autocast(r.device.split(":")[0], dtype=torch.bfloat16, enabled=r.cuda):
+    with torch.autocast(r.device.split(":")[0], dtype=amp_dtype(r.amp), enabled=r.amp != "off"):
         out = r.train_model(x, inputs)
     loss = out["loss"]
     r.optimizer.zero_grad(set_to_none=True)
@@ -429,8 +436,9 @@ def train_step(r: Launch, batch: dict, gen: torch.Generator, signals: StopSignal
     if not_finite:
         return skip_step(r), stop_signal
     r.bad_steps = 0
-    loss.backward()
-    r.optimizer.step()
+    r.scaler.scale(loss).backward()  # the loss as it is unless amp=fp16
+    r.scaler.step(r.optimizer)
+    r.scaler.update()
     r.scheduler.step()
     if r.cuda:
         torch.cuda.synchronize()
@@ -486,7 +494,8 @@ def after_step(r: Launch, record: dict, bar) -> None:
             bar.set_postfix_str(f"loss {record['loss']:.3f} top1 {record['top1']:.2f} "
                                 f"{record['images_per_s']:.0f} img/s wait {record['data_wait']:.0%}")
     bar.update(1)
-    if r.main and (time.time() - r.last_ckpt > cfg.ckpt_minutes * 60 or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
+    if r.main and (time.time() - r.last_ckpt > cfg.ckpt_minutes * 60
+                   or (cfg.ckpt_every and step % cfg.ckpt_every == 0)):
         checkpoint(r, r.ckpt_dir / "last.pt", step // r.steps_per_epoch)
         plot_curves(r.log_path, r.run / "curves.png")
         r.last_ckpt = time.time()
@@ -506,9 +515,10 @@ def write_log(r: Launch, record: dict, plot: bool = True) -> None:
 
 
 def watch(r: Launch) -> dict:
-    """The monitor's scores now (rank 0), and checkpoints/best.pt when the expression score improved."""
+    """The monitor's scores now (rank 0), and checkpoints/best.pt when the expression score is at least the best
+    so far: among trained steps only (step 0 is the untrained network), a tie going to the later step."""
     scores = r.monitor(unwrap(r.model).backbone)
-    if scores.get("monitor_expr_knn", -1.0) > r.monitor_best:
+    if r.step > 0 and scores.get("monitor_expr_knn", -1.0) >= r.monitor_best:
         r.monitor_best = scores["monitor_expr_knn"]
         checkpoint(r, r.ckpt_dir / "best.pt", r.step // r.steps_per_epoch)
     return scores

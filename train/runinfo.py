@@ -103,7 +103,7 @@ def package_versions() -> dict:
     return out
 
 
-def launch_record(views: list[dict], device: str, launcher: str, argv: list[str]) -> dict:
+def launch_record(views: list[dict], device: str, launcher: str, argv: list[str], amp: str = "off") -> dict:
     hosts = list(dict.fromkeys(v["host"] for v in views))
     per_node = [sum(v["host"] == h for v in views) for h in hosts]
     cuda = device.startswith("cuda")
@@ -114,7 +114,7 @@ def launch_record(views: list[dict], device: str, launcher: str, argv: list[str]
         "gpus_visible": [max(v["cuda_visible"] for v in views if v["host"] == h) for h in hosts],
         "gpus_nvidia_smi": [max((v.get("nvidia_smi") or 0) for v in views if v["host"] == h) for h in hosts],
         "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
-        "cudnn": torch.backends.cudnn.version() if cuda else None, "amp": "bf16" if cuda else "off (fp32)",
+        "cudnn": torch.backends.cudnn.version() if cuda else None, "amp": {"off": "off (fp32)", "fp16": "fp16 (loss scaling)"}.get(amp, amp),
         "git_commit": git_commit(), "packages": package_versions(),
         "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
     }
@@ -135,7 +135,8 @@ def startup_line(r: dict) -> str:
             f"AMP {r['amp']}{job}, commit {r['git_commit'] or 'unknown'}")
 
 
-def gather_launch(device: str, requested: str, launcher: str, argv: list[str]) -> tuple[dict | None, list[str]]:
+def gather_launch(device: str, requested: str, launcher: str, argv: list[str],
+                  amp: str = "off") -> tuple[dict | None, list[str]]:
     """Collective: every rank's view to rank 0, which checks it. Returns (record, warnings) on rank 0,
     (None, []) elsewhere. A LaunchError on rank 0 stops every rank."""
     views = dist.gather_objects(local_view(device))
@@ -143,7 +144,7 @@ def gather_launch(device: str, requested: str, launcher: str, argv: list[str]) -
     if dist.rank() == 0:
         try:
             warnings = check_hardware(views, requested)
-            record = launch_record(views, device, launcher, argv)
+            record = launch_record(views, device, launcher, argv, amp)
         except LaunchError as e:
             problem = str(e)
     problem = dist.broadcast_object(problem)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslfer.config import option
+from sslfer.device import AMP_MODES
 
 
 def method_names() -> tuple[str, ...]:
@@ -72,6 +73,9 @@ class TrainConfig:
     byol_momentum: float = option(0.996, "BYOL target EMA momentum at the start (cosine-increased to 1)",
                                   between=(0.0, 1.0))
     sync_bn: bool = option(False, "SyncBatchNorm across ranks")
+    amp: str = option("auto", "mixed precision: auto (bf16 on a GPU that has it, else fp16; off on a CPU) | bf16 | "
+                              "fp16 (with a gradient scaler, its state in the checkpoint) | off (fp32)",
+                      choices=AMP_MODES)
     compile: bool = option(False, "torch.compile the model")
     # augmentation
     p_landmark_mask: float = option(0.8, "probability of masking the eyes or the mouth (ellipse filled with the "

@@ -7,19 +7,11 @@ Add one: subclass PositivePair in a module of yours, decorate it with `@register
 module in SSLFER_PLUGINS and train with `positives=name`. docs/architecture.md has the recipe."""
 from __future__ import annotations
 
+from sslfer.registry import Registry
 from train.positives.base import PositivePair, View
 
-POSITIVES: dict[str, type[PositivePair]] = {}
-
-
-def register_positive(name: str):
-    """Class decorator: the piece becomes `positives=<name>` (and `<name>=true` where TrainConfig has it)."""
-    def add(cls: type[PositivePair]) -> type[PositivePair]:
-        if name in POSITIVES and POSITIVES[name] is not cls:
-            raise ValueError(f"positive-pair piece {name!r} is registered already (by {POSITIVES[name].__module__})")
-        POSITIVES[name] = cls
-        return cls
-    return add
+POSITIVES = Registry("positive-pair piece")
+register_positive = POSITIVES.register  # class decorator: `positives=<name>` (and `<name>=true` in TrainConfig)
 
 
 def listed(cfg) -> list[str]:
