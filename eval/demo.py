@@ -184,7 +184,8 @@ def verdict(scores: dict[str, dict]) -> list[str]:
         first, second, *_ = ranked = sorted(ident, key=ident.get)
         lines.append(f"Identity: **{first}** encodes it least, FR-KNN {100 * ident[first]:.1f}% vs "
                      f"{100 * ident[second]:.1f}% for {second} ({100 * (ident[first] - ident[second]):+.1f} "
-                     f"points){others(ident, ranked)}")
+                     f"points){others(ident, ranked)}; one pretraining seed, and this ranking has flipped between "
+                     f"runs (docs/results.md, `make demo`): not evidence either way")
     method = next((n for n in expr if n.startswith("sslfer")), None)
     baseline = next((n for n in expr if n.startswith("simclr")), None)
     if method and baseline:
