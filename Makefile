@@ -63,8 +63,8 @@ help:
 	@echo "make report RUNS=\"<report dirs>\" [REPORT=<file>] [ALLOW_MIXED=1]  one table from several evaluation reports"
 	@echo "make embed INPUT=\"<images, folders, videos>\" CKPT=\"<ckpt ...>\" [OUT=embeddings.parquet]"
 	@echo "                                embeddings per image / video frame; a labelled folder also gets the map PNG"
-	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [TRAIN_ARGS= EVAL_ARGS=]"
-	@echo "                                pretrain what is missing, evaluate all, write reports/table1/table1.md;"
+	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [RUNS=runs] [TRAIN_ARGS= EVAL_ARGS=]"
+	@echo "                                pretrain and evaluate what is missing (the rest kept), write reports/table1/table1.md;"
 	@echo "                                each row is its run's backbone.pt (CHECKPOINT=last, the default), or"
 	@echo "                                with CHECKPOINT=best MONITOR=<labelled faces> its checkpoints/best.pt"
 	@echo "                                [SLURM=1 NODES=1 GPUS_PER_NODE=8 SBATCH=\"#SBATCH --partition=...\"]: sbatch scripts + submit.sh"
@@ -130,7 +130,7 @@ eval-%: setup
 table1: setup
 	$(PY) -m eval.table1 --shards "$(SHARDS)" $(if $(AFFECTNET),--affectnet "$(AFFECTNET)") \
 	  $(if $(FER2013),--fer2013 "$(FER2013)") $(if $(RAFDB),--rafdb "$(RAFDB)") $(if $(LFW),--lfw "$(LFW)") \
-	  $(if $(PRESETS),--presets "$(PRESETS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
+	  $(if $(PRESETS),--presets "$(PRESETS)") $(if $(RUNS),--runs "$(RUNS)") --train "$(TRAIN_ARGS)" --eval "$(EVAL_ARGS)" \
 	  $(if $(MONITOR),--monitor "$(MONITOR)") $(if $(CHECKPOINT),--checkpoint $(CHECKPOINT)) \
 	  $(if $(REPORT),--out "$(REPORT)") $(if $(filter 1 yes true,$(SLURM)),--slurm --sbatch "$(SBATCH)" \
 	    --nodes $(NODES) --gpus-per-node $(GPUS_PER_NODE) --tasks-per-node $(TASKS_PER_NODE) --cpus-per-task $(CPUS_PER_TASK))

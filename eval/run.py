@@ -16,6 +16,7 @@ from eval.datasets import Dataset, limit
 from eval.gradcam import map_side, pick_layer
 from eval.metrics import confusion
 from eval.probe import extract_features, fine_tune, linear_probe, over_seeds
+from eval.rows import KeptRows, row_key
 from sslfer.backbone import load_backbone
 from sslfer.device import resolve_device
 from sslfer.face_geometry import TEMPLATE_UNIT, crop_region
@@ -150,72 +151,106 @@ def check_backbones(specs: list[str], cfg) -> None:
 
 def evaluate_expressions(ds: Dataset, specs: list[str], cfg, report_dir: Path) -> dict:
     """Linear probe and/or fine-tuning for classes (and valence/arousal when the dataset has them). The report
-    and metrics.json are rewritten after each checkpoint: a later failure keeps the rows done."""
+    and metrics.json are rewritten after each checkpoint: a later failure keeps the rows done. A row evaluated
+    before with the same checkpoint content and settings is kept (eval/rows.py), and said so."""
     tasks = ["expr", "va"] if cfg.task == "both" else [cfg.task]
     if "va" in tasks and not any(not math.isnan(it.valence) for it in ds.splits["train"]):
         raise ValueError(f"task={cfg.task}: {ds.name} has no valence/arousal labels")
     check_backbones(specs, cfg)
     ev = Evaluator(ds, cfg)
-    n_classes = len(ds.classes)
-    protocols = ["linear", "finetune"] if cfg.protocol == "both" else [cfg.protocol]
     labels = {k: np.array([it.label for it in v], np.int64) for k, v in ev.items.items()}
+    report_dir.mkdir(parents=True, exist_ok=True)
+    gradcam_idx = _gradcam_images(labels["test"], len(ds.classes), cfg)
+    kept = KeptRows(cfg.cache_dir)
+    results, curves, grids, provenance = {}, {}, {}, {}
+    for spec, name in row_names(specs, cfg.arch).items():
+        provenance[name] = checkpoint_meta(spec)
+        key = row_key(_spec_key(spec, cfg.arch, cfg.seed), ds.name, ev.item_keys, cfg)
+        done = kept.load(key)
+        if done is None:
+            row, row_curves, grid = _expression_row(ev, spec, name, tasks, labels, gradcam_idx, report_dir)
+            kept.save(key, row, {k.removeprefix(f"{name} "): v for k, v in row_curves.items()}, grid)
+        else:  # kept under another row name maybe: the curves are named here
+            row, grid = done["row"], done["grid"]
+            row_curves = {f"{name} {k}": v for k, v in done["curves"].items()}
+            _redraw_confusions(row, name, ds.classes, report_dir)
+            print(f"kept          {name}: evaluated before with the same checkpoint content and settings", flush=True)
+        results[name] = row
+        curves.update(row_curves)
+        if grid is not None:
+            grids[name] = grid
+        metrics = _finish(ds, ev, cfg, results, report_dir, _figures(ds, cfg, labels, gradcam_idx, curves, grids,
+                                                                     report_dir), provenance)
+    return metrics
+
+
+def _expression_row(ev: "Evaluator", spec: str, name: str, tasks: list[str], labels: dict, gradcam_idx: np.ndarray,
+                    report_dir: Path) -> tuple[dict, dict, list | None]:
+    """One checkpoint's row: every protocol and task asked for, over the probe seeds; its head curves and its
+    Grad-CAM images (None when not drawn)."""
+    ds, cfg = ev.ds, ev.cfg
+    _, backbone, width = ev.backbone(spec, name)
+    protocols = ["linear", "finetune"] if cfg.protocol == "both" else [cfg.protocol]
     va = {k: np.array([[it.valence, it.arousal] for it in v], np.float32) for k, v in ev.items.items()}
     va_ok = {k: ~np.isnan(v).any(1) for k, v in va.items()}
-    results, curves, grids, grid_labels = {}, {}, {}, []
-    report_dir.mkdir(parents=True, exist_ok=True)
-    gradcam_idx = _gradcam_images(labels["test"], n_classes, cfg)
     seeds = [cfg.seed + i for i in range(max(1, cfg.probe_seeds))]
-    provenance: dict[str, dict] = {}
-    for spec, row_name in row_names(specs, cfg.arch).items():
-        name, backbone, width = ev.backbone(spec, row_name)
-        provenance[name] = checkpoint_meta(spec)
-        row = {}
-        feats = ({s: Rows(ev.features(spec, backbone, s), np.arange(len(ev.items[s]))) for s in ev.items}
-                 if "linear" in protocols else None)
-        for task in tasks:
+    row, curves, grid = {}, {}, None
+    feats = ({s: Rows(ev.features(spec, backbone, s), np.arange(len(ev.items[s]))) for s in ev.items}
+             if "linear" in protocols else None)
+    for task in tasks:
+        if task == "expr":
+            targets, sel = labels, {k: np.arange(len(v)) for k, v in labels.items()}
+        else:
+            targets, sel = {k: va[k][va_ok[k]] for k in va}, {k: np.flatnonzero(v) for k, v in va_ok.items()}
+        if "linear" in protocols:
+            r = over_seeds(lambda s: linear_probe(task, {k: feats[k].subset(sel[k]) for k in feats}, targets,
+                                                  len(ds.classes), cfg, ev.device, s), seeds)
+            row[f"linear_{task}"] = r.metrics
+            curves[f"{name} linear {task}"] = r.curves
             if task == "expr":
-                targets, sel = labels, {k: np.arange(len(v)) for k, v in labels.items()}
-            else:
-                targets, sel = {k: va[k][va_ok[k]] for k in va}, {k: np.flatnonzero(v) for k, v in va_ok.items()}
-            if "linear" in protocols:
-                r = over_seeds(lambda s: linear_probe(task, {k: feats[k].subset(sel[k]) for k in feats}, targets,
-                                                      n_classes, cfg, ev.device, s), seeds)
-                row[f"linear_{task}"] = r.metrics
-                curves[f"{name} linear {task}"] = r.curves
-                if task == "expr":
-                    _confusion(r, targets["test"], ds.classes, f"{name} linear", report_dir, row["linear_expr"])
-                    if backbone is not None and cfg.gradcam_per_class:
-                        grids[name] = _gradcam(backbone, r.model, ev.faces["test"][gradcam_idx], cfg, ev.device)
-            if "finetune" in protocols and backbone is not None:
-                faces = {k: ev.faces[k].subset(sel[k]) for k in ev.faces}
-                r = over_seeds(lambda s: fine_tune(task, backbone, width, faces, targets, n_classes, cfg,
-                                                   ev.device, s), seeds)
-                row[f"finetune_{task}"] = r.metrics
-                curves[f"{name} fine-tune {task}"] = r.curves
-                if task == "expr":
-                    _confusion(r, targets["test"], ds.classes, f"{name} fine-tune", report_dir,
-                               row["finetune_expr"])
-                    if backbone is not None and cfg.gradcam_per_class and name not in grids:
-                        grids[name] = _gradcam(r.model[0], r.model[1], ev.faces["test"][gradcam_idx], cfg,
-                                               ev.device)
-        results[name] = row
-        extra = []
-        if curves:
-            R.curves_png(curves, report_dir / "curves.png")
-            extra.append("![head training curves](curves.png)")
-        if grids:
-            grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
-            layer = pick_layer(cfg.gradcam_layer, cfg.image_size)
-            where = f"Grad-CAM at {layer} ({map_side(layer, cfg.image_size)}x{map_side(layer, cfg.image_size)} " \
-                    f"at {cfg.image_size} px)"
-            R.grid_png(grids, grid_labels, report_dir / "gradcam.png", f"{where}, for the predicted class")
-            if where not in ds.notes:
-                ds.notes.append(where)
-            extra.append("![Grad-CAM](gradcam.png)")
-        extra += [f"![confusion {n}]({p.name})"
-                  for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
-        metrics = _finish(ds, ev, cfg, results, report_dir, "\n\n".join(extra), provenance)
-    return metrics
+                _confusion(r, targets["test"], ds.classes, f"{name} linear", report_dir, row["linear_expr"])
+                if backbone is not None and cfg.gradcam_per_class:
+                    grid = _gradcam(backbone, r.model, ev.faces["test"][gradcam_idx], cfg, ev.device)
+        if "finetune" in protocols and backbone is not None:
+            faces = {k: ev.faces[k].subset(sel[k]) for k in ev.faces}
+            r = over_seeds(lambda s: fine_tune(task, backbone, width, faces, targets, len(ds.classes), cfg,
+                                               ev.device, s), seeds)
+            row[f"finetune_{task}"] = r.metrics
+            curves[f"{name} fine-tune {task}"] = r.curves
+            if task == "expr":
+                _confusion(r, targets["test"], ds.classes, f"{name} fine-tune", report_dir, row["finetune_expr"])
+                if cfg.gradcam_per_class and grid is None:
+                    grid = _gradcam(r.model[0], r.model[1], ev.faces["test"][gradcam_idx], cfg, ev.device)
+    return row, curves, grid
+
+
+def _figures(ds: Dataset, cfg, labels: dict, gradcam_idx: np.ndarray, curves: dict, grids: dict,
+             report_dir: Path) -> str:
+    """The report's head curves, Grad-CAM grid and confusion matrices (PNGs), as Markdown."""
+    extra = []
+    if curves:
+        R.curves_png(curves, report_dir / "curves.png")
+        extra.append("![head training curves](curves.png)")
+    if grids:
+        grid_labels = [ds.classes[labels["test"][i]] for i in gradcam_idx]
+        layer = pick_layer(cfg.gradcam_layer, cfg.image_size)
+        where = f"Grad-CAM at {layer} ({map_side(layer, cfg.image_size)}x{map_side(layer, cfg.image_size)} " \
+                f"at {cfg.image_size} px)"
+        R.grid_png(grids, grid_labels, report_dir / "gradcam.png", f"{where}, for the predicted class")
+        if where not in ds.notes:
+            ds.notes.append(where)
+        extra.append("![Grad-CAM](gradcam.png)")
+    extra += [f"![confusion {n}]({p.name})" for n, p in sorted((p.stem, p) for p in report_dir.glob("confusion-*.png"))]
+    return "\n\n".join(extra)
+
+
+def _redraw_confusions(row: dict, name: str, classes: list[str], report_dir: Path) -> None:
+    """A kept row's confusion matrices as PNGs in this report (from the matrices its metrics hold)."""
+    for section, protocol in (("linear_expr", "linear"), ("finetune_expr", "fine-tune")):
+        matrix = row.get(section, {}).get("test", {}).get("confusion")
+        if matrix is not None:
+            title = f"{name} {protocol}"
+            R.confusion_png(np.array(matrix), classes, title, report_dir / f"confusion-{R.slug(title)}.png")
 
 
 def _gradcam_images(y: np.ndarray, n_classes: int, cfg) -> np.ndarray:
@@ -271,9 +306,19 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                     f"{len(gallery)} gallery and {len(probe)} probe images (1-NN, cosine)")
     results = {}
     provenance: dict[str, dict] = {}
+    kept = KeptRows(cfg.cache_dir)
+    dataset = f"{ds.name}|pairs {file_digest(pairs) if pair_list else ''}"
     for spec, row_name in row_names(specs, cfg.arch).items():
+        provenance[row_name] = checkpoint_meta(spec)
+        key = row_key(_spec_key(spec, cfg.arch, cfg.seed), dataset, ev.item_keys, cfg)
+        done = kept.load(key)
+        if done is not None:
+            results[row_name] = done["row"]
+            print(f"kept          {row_name}: evaluated before with the same checkpoint content and settings",
+                  flush=True)
+            metrics = _finish(ds, ev, cfg, results, report_dir, "", provenance)
+            continue
         name, backbone, _ = ev.backbone(spec, row_name)
-        provenance[name] = checkpoint_meta(spec)
         f = ev.features(spec, backbone, "all")
         row = {"fr_knn": {"acc": knn_accuracy(f, identities, gallery, probe), "people": len(people),
                           "gallery": int(len(gallery)), "n": int(len(probe))}}
@@ -284,5 +329,6 @@ def evaluate_lfw(ds: Dataset, specs: list[str], cfg, report_dir: Path, pairs: Pa
                                                                 np.array([p[3] for p in pair_list])),
                                    "n": len(pair_list)}
         results[name] = row
+        kept.save(key, row, {}, None)
         metrics = _finish(ds, ev, cfg, results, report_dir, "", provenance)
     return metrics

@@ -82,7 +82,9 @@ def write_slurm(a, train, evals, join) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cwd = Path.cwd()
     gpus, cpus = a.gpus_per_node, a.cpus_per_task
-    eval_resources = ["#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={cpus}"] + (
+    # a requeued evaluation keeps the rows it had finished (eval/rows.py) and does the rest
+    eval_resources = ["#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={cpus}", "#SBATCH --requeue",
+                      "#SBATCH --open-mode=append"] + (
         ["#SBATCH --gres=gpu:1"] if gpus else [])
 
     def script(name: str, body: str, resources: list[str], extra: list[str] = ()) -> str:

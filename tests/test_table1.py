@@ -7,7 +7,7 @@ TRAIN = "arch=resnet18 proj_hidden=64 batch_size=4 image_size=32 workers=0 max_s
 EVAL = "arch=resnet18 image_size=32 epochs=1 batch_size=8 workers=1 gradcam_per_class=0 knn_min_images=4"
 
 
-def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpus, affectnet_dir, tmp_path):
+def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpus, affectnet_dir, tmp_path, capfd):
     from eval.table1 import main
     from preprocess.synthetic import make_expression_sets
 
@@ -28,8 +28,15 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
     assert "simclr/backbone.pt = " in table and "(epoch 1, step 2)" in table
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == ["pretrain-simclr",
                                                                                              "pretrain-sslfer"]
-    assert main(args) == 0  # finished runs are not trained again
+    first = {ds: json.loads((tmp_path / "rep" / ds / "metrics.json").read_text()) for ds in ("affectnet", "lfw")}
+    capfd.readouterr()
+    assert main(args) == 0  # finished runs are not trained again, finished evaluations not redone
     assert json.loads((tmp_path / "rep" / "table1.json").read_text())["pretrained_now"] == []
+    kept = [line for line in capfd.readouterr().out.splitlines() if line.startswith("kept ")]
+    assert len(kept) == 4 and all("same checkpoint content and settings" in line for line in kept)  # 2 x 2 rows
+    for ds, metrics in first.items():
+        again = json.loads((tmp_path / "rep" / ds / "metrics.json").read_text())
+        assert again["checkpoints"] == metrics["checkpoints"]
     # --monitor: every pretraining watches the set and each row is the best step by its kNN score
     expressions, _ = make_expression_sets(tmp_path / "sets", identities=2, per_class=3)
     best = ["--shards", str(shards), "--lfw", str(people), "--presets", "simclr", "--runs", str(tmp_path / "runs2"),
