@@ -10,15 +10,12 @@ from pathlib import Path
 
 from eval.settings import EvalConfig
 from sslfer.config import ConfigError, load_config, options_help
-from sslfer.plugins import PluginError, load_plugins
+from sslfer.plugins import plugins_loaded
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        load_plugins()
-    except PluginError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not plugins_loaded():  # datasets of the user's (SSLFER_PLUGINS)
         return 2
     from eval.registry import DATASETS
 

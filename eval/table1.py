@@ -130,12 +130,9 @@ def write_slurm(a, train, evals, join) -> Path:
 
 
 def main(argv=None) -> int:
-    from sslfer.plugins import PluginError, load_plugins
+    from sslfer.plugins import plugins_loaded
 
-    try:
-        load_plugins()
-    except PluginError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not plugins_loaded():
         return 2
     p = argparse.ArgumentParser(prog="python -m eval.table1", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -9,7 +9,7 @@ from pathlib import Path
 from preprocess.corpus import CorpusError
 from preprocess.settings import ShardsConfig
 from sslfer.config import ConfigError, load_config, options_help
-from sslfer.plugins import PluginError, load_plugins
+from sslfer.plugins import plugins_loaded
 
 EXIT_SOME_FAILED = 3
 EXIT_NONE_USABLE = 4
@@ -43,14 +43,15 @@ def main(argv=None) -> int:
     from preprocess.pipeline import build, print_summary
     from sslfer.imagenet import WeightsMissing
 
+    if not plugins_loaded():  # frame fields of the user's (SSLFER_PLUGINS)
+        return 2
     try:
-        load_plugins()  # frame fields of the user's (SSLFER_PLUGINS)
         if args.command == "merge":
             print(json.dumps(merge_parts(Path(args.shards)), indent=2))
             return 0
         cfg = load_config(ShardsConfig, args.config, args.overrides)
         summary = build(args.data, args.shards, cfg)
-    except (ConfigError, CorpusError, WeightsMissing, FileNotFoundError, ValueError, PluginError) as e:
+    except (ConfigError, CorpusError, WeightsMissing, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print_summary(summary)

@@ -41,3 +41,14 @@ def load_plugins(names: str | None = None) -> list[str]:
         except Exception as e:  # noqa: BLE001 - whatever the plugin raises, the user needs one line naming it
             raise PluginError(f"{ENV}: cannot import {name!r} ({type(e).__name__}: {e})") from None
     return loaded
+
+
+def plugins_loaded() -> bool:
+    """load_plugins() at the start of a command: False, with its one-line error on stderr, when one cannot be
+    imported (the command then exits 2)."""
+    try:
+        load_plugins()
+    except PluginError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return False
+    return True

@@ -34,6 +34,7 @@ class Mirror(PositivePair):
 '''
 
 ALIGN = '''
+import torch
 import torch.nn.functional as F
 
 from train.methods import SSLMethod, register_method
@@ -59,7 +60,6 @@ class Align(SSLMethod):
         top1 = ((a @ b.T).argmax(1) == torch.arange(len(a))).float().mean()
         return {"loss": loss, "l1": loss.detach(), "top1": top1}
 '''
-ALIGN = "import torch\n" + ALIGN
 
 TWO_FOLDERS = '''
 from pathlib import Path
@@ -143,6 +143,8 @@ def test_an_ssl_method_of_the_users_trains_exports_and_evaluates(shards, tmp_pat
     assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 512)
     unknown = run_command("train", [str(shards), str(tmp_path / "run2"), *TINY, "method=align"], [])
     assert unknown.returncode == 2 and "method=align: expected one of" in unknown.stderr
+    missing = run_command("train", [str(shards), str(tmp_path / "run3"), *TINY], [tmp_path / "nosuch.py"])
+    assert missing.returncode == 2 and "error: SSLFER_PLUGINS: cannot import" in missing.stderr.splitlines()[-1]
 
 
 # ---------------------------------------------------------------- (c) an evaluation dataset

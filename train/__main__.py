@@ -6,16 +6,13 @@ import argparse
 import sys
 
 from sslfer.config import ConfigError, load_config, options_help
-from sslfer.plugins import PluginError, load_plugins
+from sslfer.plugins import plugins_loaded
 from sslfer.shards.schema import SchemaError
 from train.settings import TrainConfig, preset_names, preset_path
 
 
 def main(argv=None) -> int:
-    try:
-        load_plugins()  # methods and positive-pair pieces of the user's (SSLFER_PLUGINS)
-    except PluginError as e:
-        print(f"error: {e}", file=sys.stderr)
+    if not plugins_loaded():  # methods and positive-pair pieces of the user's (SSLFER_PLUGINS)
         return 2
     parser = argparse.ArgumentParser(
         prog="python -m train", formatter_class=argparse.RawDescriptionHelpFormatter,
