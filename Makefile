@@ -34,7 +34,8 @@ JOB_OPTIONS = set -f && opts=( $(ARGS) ) && mkdir -p "$(1)/.slurm" && \
 EVAL_DATA = $(or $($(shell echo '$(1)' | tr 'a-z-' 'A-Z_')),$(DATA))
 
 .PHONY: help setup demo shards shards-merge shards-slurm pretrain pretrain-slurm table1 embed report test \
-	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment
+	bench-shards bench-scale bench-train bench-batches bench-eval bench-eval-memory experiment experiment-curve \
+	gpu-check gpu-check-shards
 
 help:
 	@echo "make demo [DATA=<your clips>]   the whole pipeline on a small synthetic corpus it makes (no dataset, no GPU):"
@@ -66,7 +67,8 @@ help:
 	@echo "make table1 SHARDS=<dir> [AFFECTNET= FER2013= RAFDB= LFW=] [PRESETS=\"...\"] [RUNS=runs] [TRAIN_ARGS= EVAL_ARGS=]"
 	@echo "                                pretrain and evaluate what is missing (the rest kept), write reports/table1/table1.md;"
 	@echo "                                each row is its run's backbone.pt (CHECKPOINT=last, the default), or"
-	@echo "                                with CHECKPOINT=best MONITOR=<labelled faces> its checkpoints/best.pt"
+	@echo "                                with CHECKPOINT=best MONITOR=<labelled faces> its checkpoints/best.pt, or with"
+	@echo "                                CHECKPOINT=paper the best of its kept checkpoints/epoch-*.pt (the paper's rule)"
 	@echo "                                [SLURM=1 NODES=1 GPUS_PER_NODE=8 SBATCH=\"#SBATCH --partition=...\"]: sbatch scripts + submit.sh"
 	@echo "make bench-shards               benchmark the batch stage on ../shared/data/talking-faces"
 	@echo "make bench-train ARGS=\"--shards <dir>\"  benchmark the trainer's data path (and the GPU step: --what step)"
@@ -76,6 +78,12 @@ help:
 	@echo "make bench-eval                 benchmark feature extraction, the linear probe and fine-tuning"
 	@echo "make bench-eval-memory          peak memory of an AffectNet-size evaluation (simulated images)"
 	@echo "make experiment                 Table 1's rows on the real clips of ../shared/data (docs/results.md)"
+	@echo "make experiment-curve           SimCLR and sslfer against epochs on those clips: expression and identity"
+	@echo "                                at each kept checkpoint (Table 3's shape; docs/results.md)"
+	@echo "make gpu-check SHARDS=<dir> [OUT=gpu-check]  on a GPU node (~8 min, no internet or mediapipe needed): the"
+	@echo "                                real sslfer step per AMP mode vs the model-only ceiling, region embedding speed,"
+	@echo "                                simclr and sslfer for equal minutes; OUT/gpu-check.md (ARGS=--help: options)"
+	@echo "make gpu-check-shards [SHARDS=build/gpu-check-shards]  shards under 40 MB from every 5th clip of ../shared/data"
 	@echo "options:                        $(PY) -m preprocess build --help; $(PY) -m train --help; $(PY) -m eval --help"
 	@echo "your own pieces:                SSLFER_PLUGINS=<modules or .py files> (docs/architecture.md, How to add)"
 
@@ -165,3 +173,15 @@ bench-eval: setup
 
 experiment: setup
 	$(PY) bench/experiment.py $(ARGS)
+
+experiment-curve: setup
+	$(PY) bench/experiment_curve.py $(ARGS)
+
+# the GPU node may have no internet for make setup: its own python when there is no .venv; shards of its own
+# unless SHARDS= is given (never the default shards/ folder)
+CHECK_SHARDS = $(if $(filter command line environment,$(origin SHARDS)),$(SHARDS),build/gpu-check-shards)
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bench/gpu_check.py --shards "$(CHECK_SHARDS)" --out "$(or $(OUT),gpu-check)" $(ARGS)
+
+gpu-check-shards: setup
+	$(PY) bench/gpu_check.py --make-shards "$(CHECK_SHARDS)" $(ARGS)

@@ -169,13 +169,19 @@ def bench_data(shards: Path, anchors: int, workers: int, size: int, n_ours: int,
     return {"ours": ours, "main_process": main_process, "baseline": base, "images": 4 * anchors}
 
 
-def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, workers: int, device: str) -> dict:
+def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, workers: int, device: str,
+               amp: str = "auto") -> dict:
+    """The whole trainer's `sslfer` step (2 x anchors instances: anchors and their hard negatives, 4 x anchors
+    views) against the model-only ceiling, under one AMP mode (auto: the trainer's choice for the device)."""
+    from sslfer.device import amp_dtype, resolve_amp
     from train.losses import info_nce
     from train.methods import build_method
     from train.pretrain import make_optimizer, pretrain
 
+    amp = resolve_amp(amp, device)
     overrides = [f"arch={arch}", f"image_size={size}", f"batch_size={2 * anchors}", f"workers={workers}",
-                 f"max_steps={steps}", f"device={device}", "resume=never", "anchors_per_clip=1000"]
+                 f"max_steps={steps}", f"device={device}", "resume=never", "anchors_per_clip=1000", f"amp={amp}",
+                 "keep_every=0"]
     cfg = load_config(TrainConfig, [preset_path("sslfer")], overrides)
     with tempfile.TemporaryDirectory() as run:
         pretrain(shards, run, cfg)
@@ -190,6 +196,7 @@ def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, wor
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=amp == "fp16")
     n = 4 * anchors
     x = torch.randn(n, 3, size, size, device=device)
     if cuda:
@@ -198,16 +205,18 @@ def bench_step(shards: Path, arch: str, size: int, anchors: int, steps: int, wor
     times = []
     for i in range(steps):
         t0 = time.perf_counter()
-        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=cuda):
+        with torch.autocast(device.split(":")[0], dtype=amp_dtype(amp), enabled=amp != "off"):
             loss = info_nce(model.project(x), pos, 0.07)["loss"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
         if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     ceiling = n / float(np.median(times[max(1, steps // 4):]))
-    return {"trainer": trainer, "ceiling": ceiling, "wait": wait, "images": n}
+    return {"trainer": trainer, "ceiling": ceiling, "wait": wait, "images": n, "amp": amp,
+            "seconds_per_step": n / trainer}
 
 
 def main():
@@ -219,7 +228,10 @@ def main():
     p.add_argument("--size", type=int, default=112, help="input side")
     p.add_argument("--batches", type=int, default=20, help="batches timed on our path (baseline: a quarter)")
     p.add_argument("--arch", default="resnet50")
-    p.add_argument("--step-anchors", type=int, default=64, help="anchors per step for the step benchmark")
+    p.add_argument("--step-anchors", type=int, default=128,
+                   help="anchors per step for the step benchmark (128: the paper's sslfer step, 256 instances = "
+                        "512 views)")
+    p.add_argument("--amp", default="auto", help="AMP mode of the step benchmark: auto | bf16 | fp16 | off")
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--device", default="auto")
     a = p.parse_args()
@@ -239,11 +251,14 @@ def main():
         print(f"| this project, augmentation in the workers (CPU training) | {d['ours']:.3f} | "
               f"{d['ours'] / d['baseline']:.1f}x |")
     if "step" in a.what:
-        s = bench_step(shards, a.arch, a.size, a.step_anchors, a.steps, a.workers, device)
-        print(f"\n| step ({a.arch}, {a.size} px, {s['images']} images/step, {device}) | images/s | ratio |")
+        s = bench_step(shards, a.arch, a.size, a.step_anchors, a.steps, a.workers, device, a.amp)
+        print(f"\n| step ({a.arch}, {a.size} px, {s['images']} images/step, {device}, AMP {s['amp']}) | images/s | "
+              f"ratio |")
         print("|---|---:|---:|")
         print(f"| model-only ceiling (synthetic tensors on the device) | {s['ceiling']:.1f} | 1.00 |")
         print(f"| whole trainer (data wait {s['wait']:.0%}) | {s['trainer']:.1f} | {s['trainer'] / s['ceiling']:.2f} |")
+        print(f"\n{s['seconds_per_step']:.3f} s per step: GPU-hours of a run = steps x {s['seconds_per_step']:.3f} "
+              f"x GPUs / 3600 (docs/guide.md)")
 
 
 if __name__ == "__main__":

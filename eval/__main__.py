@@ -4,6 +4,7 @@ DIR ... [--out FILE]` and `python -m eval embed INPUT... --ckpt X --out FILE.par
 from __future__ import annotations
 
 import argparse
+import glob
 import sys
 import time
 from pathlib import Path
@@ -37,7 +38,9 @@ def main(argv=None) -> int:
     parser.add_argument("dataset", choices=[*DATASETS, "report"],
                         help="which dataset (eval/registry.py, or yours via SSLFER_PLUGINS); 'report' joins reports")
     parser.add_argument("data", nargs="+", help="the dataset folder (or fer2013.csv); for 'report': report folders")
-    parser.add_argument("--ckpt", action="append", default=[], help="backbone to evaluate (repeatable)")
+    parser.add_argument("--ckpt", action="append", default=[],
+                        help="backbone to evaluate (repeatable); a pattern ('runs/sslfer/checkpoints/epoch-*.pt') "
+                             "is expanded when the evaluation starts")
     parser.add_argument("--report", help="report folder (default reports/<dataset>-<time>)")
     parser.add_argument("--paper-settings", action="store_true",
                         help="the dataset's settings from the paper (listed below) before your key=value; "
@@ -48,6 +51,9 @@ def main(argv=None) -> int:
                                                                      "(repeatable)")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="report: join reports of one dataset even when their settings differ")
+    parser.add_argument("--best-epoch", action="store_true",
+                        help="report: of each run's kept epoch checkpoints (RUN/checkpoints/epoch-*.pt) show only "
+                             "the best by the table's first column, with its epoch (the paper's rule, Table 3)")
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
@@ -60,13 +66,14 @@ def main(argv=None) -> int:
 
     try:
         if args.dataset == "report":
-            text = R.join([Path(d) for d in args.data], args.allow_mixed, args.note)
+            text = R.join([Path(d) for d in args.data], args.allow_mixed, args.note, args.best_epoch)
             print(text)
             if args.out:
                 Path(args.out).write_text(text)
             return 0
         entry = DATASETS[args.dataset]
         cfg = load_config(EvalConfig, None, [*(entry.defaults if args.paper_settings else ()), *overrides])
+        args.ckpt = expand_patterns(args.ckpt)
         if not args.ckpt:
             raise ConfigError("give at least one --ckpt (CKPT=...)")
         data = Path(args.data[0])
@@ -89,6 +96,21 @@ def main(argv=None) -> int:
     print(R.table(metrics["checkpoints"]))
     print(f"report        {report_dir}/report.md ({time.time() - t0:.0f} s)")
     return 0
+
+
+def expand_patterns(specs: list[str]) -> list[str]:
+    """Checkpoint patterns (a *, ? or [) become the files they match, sorted; one that matches none is an error
+    (a run that kept no epoch checkpoint: the paper's rule keeps them once instance top-1 reaches 60%)."""
+    out = []
+    for spec in specs:
+        if not any(c in spec for c in "*?["):
+            out.append(spec)
+            continue
+        found = sorted(glob.glob(spec))
+        if not found:
+            raise FileNotFoundError(f"--ckpt {spec}: matches no file")
+        out += found
+    return out
 
 
 if __name__ == "__main__":

@@ -170,11 +170,35 @@ class MixedSettings(ValueError):
     """Reports of one dataset made with different settings; reported as one line."""
 
 
-def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = ()) -> str:
+EPOCH_ROW = re.compile(r"^(?P<run>.+)/epoch-(?P<epoch>\d+)\.pt$")  # a kept checkpoint's row name (row_names)
+
+
+def best_epochs(names: list[str], by_dataset: dict, column: tuple | None) -> tuple[list[str], dict[str, str]]:
+    """Of each run's epoch checkpoints, the one with the highest value in `column` (an expression column; a tie:
+    the later epoch; no column: the last epoch): the row names kept, and their labels in the table."""
+    title, dataset, section, key, _ = column or ("", "", "", "", "")
+    runs: dict[str, list[str]] = {}
+    for n in names:
+        if m := EPOCH_ROW.match(n):
+            runs.setdefault(m["run"], []).append(n)
+    kept, labels = [n for n in names if not EPOCH_ROW.match(n)], {}
+    for rows in runs.values():
+        scored = [(v, int(EPOCH_ROW.match(n)["epoch"]), n) for n in rows
+                  if (v := _value(by_dataset.get(dataset, {}).get(n, {}).get(section), key)) is not None]
+        best = max(scored)[2] if scored else max(rows, key=lambda n: int(EPOCH_ROW.match(n)["epoch"]))
+        kept.append(best)
+        labels[best] = (f"{best} (the best of {len(rows)} kept epochs by {title})" if scored else
+                        f"{best} (the last of {len(rows)} kept epochs: no expression column to choose by)")
+    return [n for n in names if n in kept], labels
+
+
+def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = (), best_epoch: bool = False) -> str:
     """Several reports' metrics.json joined (`make report RUNS=...`): a Table-1-shaped table (a row per
     checkpoint, the columns that were run), then one table per dataset and the settings of each. Reports of one
     dataset whose settings differ (classes, split, protocol, epochs, image size, seeds...) are refused unless
-    allow_mixed."""
+    allow_mixed. best_epoch: the Table-1 table shows, of each run's epoch checkpoints, only the best by its first
+    column (the paper's rule, selected on the reported numbers as its Table 3 does); the per-dataset tables keep
+    every epoch."""
     by_dataset: dict[str, dict[str, dict]] = {}
     seen: dict[str, tuple[Path, dict]] = {}
     provenance: dict[str, dict] = {}
@@ -200,8 +224,10 @@ def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = 
     # Table 1's columns of the registered datasets; a joined report shows those that were run
     cols = [c for c in table1_columns()
             if any(_value(by_dataset.get(c[1], {}).get(n, {}).get(c[2]), c[3]) is not None for n in names)]
-    out = []
+    out, labels = [], {}
     if cols:
+        if best_epoch:
+            names, labels = best_epochs(names, by_dataset, next((c for c in cols if c[2].endswith("_expr")), None))
         out += ["## Table 1", "", "| checkpoint | " + " | ".join(c[0] for c in cols) + " |",
                 "|---|" + "---:|" * len(cols)]
         for n in names:
@@ -209,7 +235,7 @@ def join(report_dirs: list[Path], allow_mixed: bool = False, notes: list[str] = 
             for _, ds, section, key, fmt in cols:
                 sec = by_dataset.get(ds, {}).get(n, {}).get(section)
                 cells.append(_cell(_value(sec, key), _std(sec, key), fmt))
-            out.append(f"| {n} | " + " | ".join(cells) + " |")
+            out.append(f"| {labels.get(n, n)} | " + " | ".join(cells) + " |")
         out.append("")
     out += list(notes) + ([""] if notes else [])
     if provenance:

@@ -91,3 +91,28 @@ def knn_vote(features: torch.Tensor, ids: np.ndarray, gallery: np.ndarray, probe
     if balanced:
         return float(np.mean([right[ids[probe] == label].mean() for label in np.unique(ids[probe])]))
     return float(right.mean())
+
+
+def cross_group_retrieval(features: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> tuple[float, float]:
+    """Identity retrieval across recordings: each item of a label seen in several groups (a speaker's clips) is a
+    query whose gallery is every item of the other groups (all labels); (accuracy, chance), both the mean over
+    those labels of their queries' share whose nearest gallery item (cosine) has their label, chance being the
+    share of the gallery that has it. Nothing of the query's own group can answer, so what is shared within a
+    recording (background, light, the moment) does not count; the person does."""
+    f = _unit(np.asarray(features, np.float32))
+    labels, groups = np.asarray(labels), np.asarray(groups)
+    accs, chances = [], []
+    for label in np.unique(labels):
+        if len(np.unique(groups[labels == label])) < 2:
+            continue
+        right, chance = [], []
+        for g in np.unique(groups[labels == label]):
+            query, gallery = (labels == label) & (groups == g), groups != g
+            nearest = np.flatnonzero(gallery)[(f[query] @ f[gallery].T).argmax(1)]
+            right.append(labels[nearest] == label)
+            chance.append(np.full(query.sum(), (labels[gallery] == label).mean()))
+        accs.append(np.concatenate(right).mean())
+        chances.append(np.concatenate(chance).mean())
+    if not accs:
+        raise ValueError("no label is in two groups: nothing to retrieve across groups")
+    return float(np.mean(accs)), float(np.mean(chances))

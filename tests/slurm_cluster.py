@@ -1,6 +1,7 @@
 """A real single-node SLURM cluster on localhost for the tests: munged, slurmctld and slurmd started in a
 temporary state folder (proctrack/linuxproc, task/none, cons_tres over this machine's CPUs), stopped by process
-id. `LocalSlurm.unavailable()` says why it cannot run here (then the tests skip with that reason)."""
+id. Two partitions on the node: `test` (the default) and `urgent`, whose jobs preempt test's as a cluster with
+preemption does (preempt/partition_prio, PreemptMode=REQUEUE, test's GraceTime 60 s). `LocalSlurm.unavailable()` says why it cannot run here (then the tests skip with that reason)."""
 from __future__ import annotations
 
 import os
@@ -103,8 +104,11 @@ MinJobAge=600
 InactiveLimit=0
 SlurmctldTimeout=30
 SlurmdTimeout=30
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
-PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
+PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP PriorityTier=1 GraceTime=60
+PartitionName=urgent Nodes={self.node} MaxTime=INFINITE State=UP PriorityTier=10 PreemptMode=OFF
 """)
 
     def _start(self, name: str, argv: list[str], pid_file: Path, timeout: float = 30) -> None:
@@ -170,10 +174,11 @@ PartitionName=test Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         states = [w.split("=", 1)[1] for line in out.splitlines() for w in line.split() if w.startswith("JobState=")]
         return ",".join(states)
 
-    def wait(self, job: str, timeout: float = 600, poll: float = 1.0) -> str:
-        """Wait until every task of the job has ended; returns its final state(s)."""
+    def wait(self, job: str, timeout: float = 600, poll: float = 1.0, requeued: bool = False) -> str:
+        """Wait until every task of the job has ended; returns its final state(s). requeued: a preemption is not
+        an end (the job is requeued and runs again)."""
         ended = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
-                 "DEADLINE", "PREEMPTED"}
+                 "DEADLINE"} | (set() if requeued else {"PREEMPTED"})
         deadline = time.time() + timeout
         state = ""
         while time.time() < deadline:

@@ -84,15 +84,29 @@ def test_people_differ_in_identity(tmp_path):
 def test_verdict_names_the_best_and_by_how_much():
     from eval.demo import verdict
 
-    scores = {"random (resnet18)": {"expr_f1": 0.60, "expr_f1_std": 0.05, "fr_knn": 0.80},
-              "simclr/backbone.pt": {"expr_f1": 0.40, "expr_f1_std": 0.02, "fr_knn": 0.95},
-              "sslfer/backbone.pt": {"expr_f1": 0.75, "expr_f1_std": 0.03, "fr_knn": 0.85}}
+    one = lambda f1, sd, knn: {"expr_f1": [f1], "expr_f1_std": [sd], "fr_knn": [knn]}
+    scores = {"random (resnet18)": one(0.60, 0.05, 0.80), "simclr": one(0.40, 0.02, 0.95),
+              "sslfer": one(0.75, 0.03, 0.85)}
     lines = verdict(scores)
-    assert "**sslfer/backbone.pt** encodes it best" in lines[0] and "+15.0 points" in lines[0]
-    assert "**random (resnet18)** encodes it least" in lines[1] and "-5.0 points" in lines[1]
-    assert "beats its baseline" in lines[2] and "+35.0 points" in lines[2] and "-10.0 points FR-KNN" in lines[2]
-    scores["sslfer/backbone.pt"]["expr_f1"] = 0.30
-    assert "does not beat" in verdict(scores)[2]
+    assert "**sslfer** encodes it best" in lines[0] and "+15.0 points" in lines[0] and "±5.0" in lines[0]
+    assert "beats its baseline" in lines[1] and "+35.0 points" in lines[1]
+    # one pretraining seed: no identity verdict, only the values
+    assert lines[2].startswith("Identity: not compared with one pretraining seed") and "sslfer 85.0%" in lines[2]
+    scores["sslfer"]["expr_f1"] = [0.30]
+    assert "does not beat" in verdict(scores)[1]
+
+
+def test_verdict_over_pretraining_seeds_states_the_spread_and_whether_identity_holds():
+    from eval.demo import verdict
+
+    scores = {"simclr": {"expr_f1": [0.60, 0.62, 0.58], "expr_f1_std": [0.01] * 3, "fr_knn": [0.70, 0.60, 0.65]},
+              "sslfer": {"expr_f1": [0.80, 0.74, 0.56], "expr_f1_std": [0.02] * 3, "fr_knn": [0.60, 0.55, 0.64]}}
+    lines = verdict(scores)
+    assert "sslfer** encodes it best, macro-F1 70.0% (56.0–80.0 over 3 seeds)" in lines[0]
+    assert "+10.0 points" in lines[1] and "higher in 2 of 3 pretraining seeds" in lines[1]
+    assert "**sslfer** encodes less of it in every one of 3 pretraining seeds" in lines[2]
+    scores["sslfer"]["fr_knn"][1] = 0.61  # above simclr's 0.60 in seed 1: the ranking flips
+    assert "no verdict, the ranking flips across 3 pretraining seeds (sslfer lower in 2)" in verdict(scores)[2]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -100,11 +114,13 @@ def test_demo_runs_every_stage_and_writes_the_report(tmp_path):
     from eval.demo import main
 
     out = tmp_path / "demo"
-    assert main(["--out", str(out), "--steps", "4", "--people", "4", "--eval-people", "3"]) == 0
+    assert main(["--out", str(out), "--steps", "4", "--people", "4", "--eval-people", "3", "--seeds", "0,1"]) == 0
     report = (out / "report.md").read_text()
-    for row in ("| random (resnet18) |", "| simclr/backbone.pt |", "| sslfer/backbone.pt |"):
+    for row in ("| random (resnet18) |", "| simclr/backbone.pt |", "| sslfer/backbone.pt |",
+                "| simclr-s1/backbone.pt |", "| sslfer-s1/backbone.pt |"):
         assert row in report
-    assert "## Verdict" in report and "encodes it best" in report and "encodes it least" in report
+    assert "## Verdict" in report and "encodes it best" in report and "over 2 seeds" in report
+    assert re.search(r"Identity: (\*\*\w+\*\* encodes less of it in every one of 2|no verdict)", report)
     assert "not real-world accuracy" in report
     expr = json.loads((out / "reports" / "expressions" / "metrics.json").read_text())
     assert expr["classes"] == ["neutral", "smile", "surprise"]

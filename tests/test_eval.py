@@ -152,6 +152,23 @@ def test_knn_and_verification_by_hand():
     # on fold 0 0.6 is a false reject (3/4)
     assert verification_accuracy(sim, same, fold) == pytest.approx(0.75)
 
+def test_speaker_retrieval_across_clips_by_hand():
+    from sslfer.knn import cross_group_retrieval
+
+    # speaker a: clips 0 and 1; b: clip 2 only (gallery, never a query); c: clips 3 and 4
+    feats = np.array([[1, 0], [1, 0.1], [0, 1], [0.9, 0.1], [0, 1]], np.float32)
+    speakers, clips = np.array(list("aabcc")), np.arange(5)
+    # a0 -> a1 (right); a1 -> c3 (cos 0.99998 > a0's 0.995: wrong); c3 -> a1 (wrong); c4 -> b2 (wrong)
+    # a: 1/2, c: 0/2 -> 0.25; chance: one frame of the four in each query's gallery is its speaker's
+    assert cross_group_retrieval(feats, speakers, clips) == pytest.approx((0.25, 0.25))
+    # the own clip never answers: a's clip 0 holds two equal frames, each the other's nearest but in the same
+    # clip; b's frame is nearer than a's other clip, so every query misses
+    feats2 = np.array([[1, 0], [1, 0], [0, 1], [0.9, 0.1]], np.float32)
+    assert cross_group_retrieval(feats2, np.array(list("aaab")), np.array([0, 0, 1, 2]))[0] == 0.0
+    with pytest.raises(ValueError, match="no label is in two groups"):
+        cross_group_retrieval(feats[:3], np.array(list("abc")), np.arange(3))
+
+
 
 def test_lfw_pairs_folds_are_contiguous_blocks(tmp_path):
     from sslfer.knn import read_pairs

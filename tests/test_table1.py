@@ -46,6 +46,22 @@ def test_table1_end_to_end_then_nothing_to_pretrain_and_slurm_scripts(good_corpu
     table = (tmp_path / "rep2" / "table1.md").read_text()
     assert "| simclr/best.pt |" in table and "best online expression kNN on " + str(expressions) in table
     assert "simclr/best.pt = " in table and "monitor kNN 0." in table
+    # --checkpoint paper: every kept epoch checkpoint evaluated, the table shows each run's best with its epoch
+    paper = ["--shards", str(shards), "--affectnet", str(affectnet_dir), "--lfw", str(people), "--presets", "simclr",
+             "--runs", str(tmp_path / "runs3"), "--out", str(tmp_path / "rep3"), "--checkpoint", "paper",
+             "--eval", EVAL, "--train", TRAIN + " max_steps=0 epochs=3 keep_every=1 keep_top1=0"]
+    assert main(paper) == 0
+    kept_epochs = sorted(p.name for p in (tmp_path / "runs3" / "simclr" / "checkpoints").glob("epoch-*.pt"))
+    assert kept_epochs == ["epoch-0001.pt", "epoch-0002.pt", "epoch-0003.pt"]
+    table = (tmp_path / "rep3" / "table1.md").read_text()
+    first_table = table.split("## affectnet")[0]
+    rows = [line for line in first_table.splitlines() if line.startswith("| simclr/epoch-")]
+    assert len(rows) == 1 and "(the best of 3 kept epochs by Freeze-AffectNet F1)" in rows[0]
+    f1 = {n: r["linear_expr"]["test"]["f1"] for n, r in json.loads(
+        (tmp_path / "rep3" / "affectnet" / "metrics.json").read_text())["checkpoints"].items()}
+    best_f1 = max(f1.values())
+    assert rows[0].split(" (the best")[0][2:] == max(n for n, v in f1.items() if v == best_f1)  # a tie: later
+    assert all(f"| {n} |" in table.split("## affectnet")[1] for n in f1)  # every epoch in the dataset's table
     slurm_args = [*args, "--presets", "simclr byol", "--slurm", "--sbatch", "#SBATCH --time=2:00:00 #SBATCH -p gpu"]
     assert main([*slurm_args, "--sbatch", "#SBATCH --gres=gpu:8"]) != 0  # GPUs come from --gpus-per-node
     assert main([*slurm_args, "--nodes", "2", "--gpus-per-node", "8"]) == 0

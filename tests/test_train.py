@@ -837,3 +837,33 @@ def test_amp_fp16_scales_the_loss_keeps_the_scaler_in_the_checkpoint_and_says_so
     assert s["steps"] == 3 and all(np.isfinite(r["loss"]) for r in _log(run).values() if "loss" in r)
     assert main([str(train_shards), str(tmp_path / "r2"), *TINY, "amp=fp8"]) == 2
     assert "amp=fp8: expected one of auto | bf16 | fp16 | off" in capsys.readouterr().err
+
+
+def test_gpu_check_runs_its_three_parts_and_returns_few_small_files(train_shards, tmp_path):
+    """A smoke test of `make gpu-check` on the CPU with tiny settings (its figures mean nothing here): the step
+    table, the region speed, both presets pretrained for the same minutes and their backbones in fp16 parts that
+    join back into a loadable state dict."""
+    from sslfer.backbone import load_backbone
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--shards", str(train_shards), "--out", str(out),
+           "--work", str(tmp_path / "work"), "--step-arch", "resnet18", "--step-size", "32", "--step-anchors", "2",
+           "--steps", "3", "--workers", "0", "--region-frames", "6", "--region-batch", "4", "--minutes", "0.0002",
+           "--curve-size", "32", "--curve-batch", "8", "--train", "proj_hidden=64"]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True)
+    result = json.loads((out / "gpu-check.json").read_text())
+    assert [r["amp"] for r in result["step"]] == ["off"] and result["step"][0]["images"] == 8
+    assert result["step"][0]["ceiling"] > 0 and result["regions"]["frames"] == 6
+    for preset in ("simclr", "sslfer"):  # 12 ms: each run ends after a step or two of its 250 epochs
+        r = result["equal_time"][preset]
+        assert 1 <= r["steps"] <= 3 and r["ended"] == "max_minutes=0.0002"
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and all((out / f).stat().st_size <= 15 * 2 ** 20 for f in files)
+    assert "## (c) Equal time" in (out / "gpu-check.md").read_text()
+    subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--join", str(out)], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert load_backbone(str(out / "sslfer-backbone.pt"), "resnet18")[2] == 512
+    original = torch.load(tmp_path / "work" / "sslfer" / "backbone.pt", weights_only=True)
+    back = torch.load(out / "sslfer-backbone.pt", weights_only=True)
+    assert back.keys() == original.keys()
+    assert all(torch.equal(back[k], original[k].half().float()) for k in original if original[k].is_floating_point())

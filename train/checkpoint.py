@@ -107,7 +107,8 @@ def export_backbone(model, path: Path, arch: str, image_size: int = 112, about: 
 # options that only change how a run is carried out, not what it computes: a resume may change them
 OPERATIONAL_OPTIONS = frozenset({"device", "workers", "log_every", "ckpt_minutes", "ckpt_every", "dist_timeout_min",
                                  "resume", "max_bad_steps", "monitor", "monitor_identity", "monitor_every",
-                                 "monitor_max_images", "monitor_cache", "compile", "logger"})
+                                 "monitor_max_images", "monitor_cache", "compile", "logger", "keep_every",
+                                 "keep_top1", "max_minutes"})
 
 
 def settings_diff(saved: dict, now: dict) -> list[str]:

@@ -82,6 +82,7 @@ class Launch:
     bad_steps: int = 0
     last_ckpt: float = field(default_factory=time.time)
     started: float = 0.0
+    time_up: bool = False  # max_minutes reached: the run ends as if its steps were done
 
     @property
     def main(self) -> bool:
@@ -374,7 +375,7 @@ def run_steps(r: Launch, signals: StopSignals | None) -> int:
     gen = torch.Generator(device=r.device)
     stop_signal = 0
     try:
-        while r.step < r.total_steps and not stop_signal:
+        while r.step < r.total_steps and not stop_signal and not r.time_up:
             t_wait = time.perf_counter()
             batch = next_batch(r, loader)
             t_got = time.perf_counter()
@@ -421,6 +422,7 @@ def train_step(r: Launch, batch: dict, gen: torch.Generator, signals: StopSignal
                t_got: float) -> tuple[dict, int]:
     """One optimiser step (or a skipped one, on every rank, when some rank's loss is not finite); its log record
     and the stop signal any rank caught."""
+    cfg = r.cfg
     x = views_of(r, batch, gen)
     inputs = {k: batch[k].to(r.device) for k in ("region", "speaker", "clip", "time")}
     unwrap(r.model).begin_step(r.step, r.total_steps)
@@ -429,10 +431,13 @@ def train_step(r: Launch, batch: dict, gen: torch.Generator, signals: StopSignal
     loss = out["loss"]
     r.optimizer.zero_grad(set_to_none=True)
     r.step += 1
-    # one collective for two decisions: skip the step (a rank's loss is not finite), stop after it (a rank caught
-    # SIGUSR1/SIGTERM; the highest signal number wins, so SIGTERM over SIGUSR1)
-    not_finite, stop_signal = dist.reduce_max([0 if bool(torch.isfinite(loss)) else 1,
-                                               signals.received or 0 if signals else 0], r.device)
+    # one collective for three decisions: skip the step (a rank's loss is not finite), stop after it (a rank caught
+    # SIGUSR1/SIGTERM; the highest signal number wins, so SIGTERM over SIGUSR1), end after it (rank 0's clock says
+    # max_minutes have passed)
+    time_up = r.main and cfg.max_minutes > 0 and time.time() - r.started >= 60 * cfg.max_minutes
+    not_finite, stop_signal, r.time_up = dist.reduce_max([0 if bool(torch.isfinite(loss)) else 1,
+                                                          signals.received or 0 if signals else 0, int(time_up)],
+                                                         r.device)
     if not_finite:
         return skip_step(r), stop_signal
     r.bad_steps = 0
@@ -501,7 +506,8 @@ def after_step(r: Launch, record: dict, bar) -> None:
         r.last_ckpt = time.time()
     if step % r.steps_per_epoch == 0:  # the paper's rule: every 5 epochs once top-1 reaches 60%
         epoch_done = step // r.steps_per_epoch
-        if r.main and epoch_done % 5 == 0 and r.epoch_top1 and sum(r.epoch_top1) / len(r.epoch_top1) >= 0.6:
+        top1 = sum(r.epoch_top1) / len(r.epoch_top1) if r.epoch_top1 else 0.0
+        if r.main and cfg.keep_every and epoch_done % cfg.keep_every == 0 and top1 >= cfg.keep_top1:
             checkpoint(r, r.ckpt_dir / f"epoch-{epoch_done:04d}.pt", epoch_done)
         r.epoch_top1 = []
 
@@ -551,7 +557,8 @@ def finish(r: Launch) -> dict:
     summary = {"run": str(r.run), "steps": r.step, "epochs": r.epochs, "steps_per_epoch": r.steps_per_epoch,
                "clips": len(r.index), "shards": len(r.index.paths), "world": r.world, "device": r.device,
                "batch_size": cfg.batch_size, "seconds": round(time.time() - r.started, 1),
-               "maskfn_descriptor": r.descriptor if cfg.maskfn else None, **r.totals}
+               "maskfn_descriptor": r.descriptor if cfg.maskfn else None, **r.totals,
+               **({"ended": f"max_minutes={cfg.max_minutes:g}"} if r.time_up else {})}
     if cfg.faceswap or cfg.cutmix:
         positives = r.totals["anchors"] // r.anchors * cfg.batch_size  # of the steps trained in this launch
         summary["swap_rate"] = round(r.totals["swaps"] / max(1, positives), 4)

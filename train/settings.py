@@ -62,6 +62,9 @@ class TrainConfig:
                               "Table 3 evaluates its method at 150-250 (best at 210) from checkpoints saved every "
                               "5 epochs once top-1 >= 60%", between=(1, None))
     max_steps: int = option(0, "stop after this many steps (0 = epochs decide)", between=(0, None))
+    max_minutes: float = option(0.0, "end the run after this many minutes of steps in this launch, as if its steps "
+                                     "were done (backbone.pt, summary.json; the schedule is not shortened): "
+                                     "methods compared at equal wall-clock time; 0 = no limit", between=(0.0, None))
     batch_size: int = option(256, "instances per step over all ranks (the paper's 256), each with two views; with "
                                   "hardneg half of them are hard negatives, so 128 anchors", between=(2, None))
     anchors_per_clip: int = option(1, "anchors each clip gives per epoch", between=(1, None))
@@ -97,6 +100,11 @@ class TrainConfig:
     interleave_shards: int = option(16, "shards read side by side into the shuffle buffer", between=(1, None))
     log_every: int = option(1, "steps between log lines", between=(1, None))
     ckpt_minutes: float = option(10.0, "minutes between checkpoints of the last state", between=(0.0, None))
+    keep_every: int = option(5, "epochs between the kept checkpoints checkpoints/epoch-NNNN.pt (the paper's 5; "
+                                "0 = none)", between=(0, None))
+    keep_top1: float = option(0.6, "keep an epoch checkpoint only once that epoch's mean instance top-1 reaches "
+                                   "this (the paper's 60%; 0 = always, e.g. for a learning curve)",
+                              between=(0.0, 1.0))
     ckpt_every: int = option(0, "also checkpoint the last state every this many steps (0 = by time only)",
                              between=(0, None))
     dist_timeout_min: float = option(10.0, "minutes a rank waits for the others before the run stops",
