@@ -25,7 +25,7 @@ from bench.experiment import SHARED, batch_checks, difference, evaluate_once, lo
 
 METHODS = {"simclr": "SimCLR", "sslfer": "`sslfer` (all four)"}
 MEASURES = [  # (key, title, higher is)
-    ("top1", "instance top-1", "harder task solved"), ("f1", "FER2013 linear macro-F1 (%)", "more expression"),
+    ("top1", "instance top-1", ""), ("f1", "FER2013 linear macro-F1 (%)", "more expression"),
     ("fr_knn", "LFW-20 FR-KNN (%)", "more identity"), ("speaker", "speaker retrieval (%)", "more identity")]
 
 
@@ -176,7 +176,7 @@ def plot(rows: dict, random: dict, out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, (key, title, _) in zip(axes, MEASURES):
+    for ax, (key, title, why) in zip(axes, MEASURES):
         for k, (preset, by_epoch) in enumerate(rows.items()):
             epochs = list(by_epoch)
             m = np.array([by_epoch[e][key].mean() for e in epochs]) * (1 if key == "top1" else 100)
@@ -187,8 +187,8 @@ def plot(rows: dict, random: dict, out: Path) -> None:
         if key in random:
             ax.axhline(100 * random[key], color="grey", ls="--", lw=1, label="random network")
         if key == "speaker":
-            ax.axhline(100 * random["speaker_chance"], color="grey", ls=":", lw=1, label="chance")
-        ax.set_title(title, fontsize=9)
+            title += f" (chance {100 * random['speaker_chance']:.1f})"
+        ax.set_title(f"{title}: {why} ↑" if key != "top1" else title, fontsize=9)
         ax.set_xlabel("epoch")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
