@@ -258,7 +258,7 @@ def main():
         print(f"| model-only ceiling (synthetic tensors on the device) | {s['ceiling']:.1f} | 1.00 |")
         print(f"| whole trainer (data wait {s['wait']:.0%}) | {s['trainer']:.1f} | {s['trainer'] / s['ceiling']:.2f} |")
         print(f"\n{s['seconds_per_step']:.3f} s per step: GPU-hours of a run = steps x {s['seconds_per_step']:.3f} "
-              f"x GPUs / 3600 (docs/guide.md)")
+              f"/ 3600 on one GPU; on N GPUs the wall-clock is about 1/N of it (docs/guide.md)")
 
 
 if __name__ == "__main__":

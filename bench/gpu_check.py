@@ -152,8 +152,9 @@ def make_shards(a) -> int:
         w.writerows({**r, "path": str(base / r["path"])} for r in rows)
     code = subprocess.run([sys.executable, "-m", "preprocess", "build", str(subset), str(out),
                            "region_descriptor=landmarks"], cwd=ROOT).returncode
-    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"gpu-check shards: {len(rows)} clips, {size / 1e6:.1f} MB in {out}"
+    # what the node needs: the shards and the manifest; the step caches under .cache/ stay here
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and ".cache" not in p.relative_to(out).parts)
+    print(f"gpu-check shards: {len(rows)} clips, {size / 1e6:.1f} MB to carry in {out} (without its .cache/)"
           + (" (over 40 MB: raise --every)" if size > 40e6 else ""))
     return code
 
@@ -168,7 +169,8 @@ def markdown(result: dict) -> str:
     lines += [f"| {r['amp']} | {r['trainer']:.0f} | {r['ceiling']:.0f} | {r['ratio']:.2f} | {r['wait']:.0%} | "
               f"{r['seconds_per_step']:.3f} |" for r in result["step"]]
     reg = result["regions"]
-    lines += ["", "GPU-hours of a run ≈ steps × s per step × GPUs / 3600 (docs/guide.md).", "",
+    lines += ["", "GPU-hours of a run ≈ steps × s per step / 3600 (one GPU's time for the whole batch; on N GPUs "
+              "the wall-clock is about 1/N of it: docs/guide.md).", "",
               f"## (b) Region embedding (ImageNet ResNet18, eye + mouth crops of {reg['crop_px']} px)", "",
               f"{reg['frames_per_s']:.0f} frames/s ({reg['frames']} frames, batch {reg['batch']}).", "",
               f"## (c) Equal time: {result['minutes']} min of steps each (ResNet-18, {result['curve_size']} px)", "",
