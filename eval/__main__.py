@@ -14,16 +14,8 @@ from sslfer.config import ConfigError, load_config, options_help
 from sslfer.plugins import plugins_loaded
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not plugins_loaded():  # datasets of the user's (SSLFER_PLUGINS)
-        return 2
-    from eval.registry import DATASETS
-
-    if argv[:1] == ["embed"]:  # its own options: python -m eval embed --help
-        from eval.embed import main as embed
-
-        return embed(argv[1:])
+def build_parser(datasets: dict) -> argparse.ArgumentParser:
+    """The command line of `python -m eval` over the registered datasets."""
     parser = argparse.ArgumentParser(
         prog="python -m eval", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate pretrained backbones with the paper's protocols and write a report. "
@@ -33,9 +25,9 @@ def main(argv=None) -> int:
                "ImageNet ResNet18 eye+mouth descriptor of Table 5; 'eyemouth=<weights file>').\n\n"
                "datasets (DATA [the paper's settings for it, applied with --paper-settings]):\n"
                + "".join(f"  {d.name}: {d.data}" + (f" [{' '.join(d.defaults)}]" if d.defaults else "") + "\n"
-                         for d in DATASETS.values())
+                         for d in datasets.values())
                + "\noptions (key=value):\n" + options_help(EvalConfig))
-    parser.add_argument("dataset", choices=[*DATASETS, "report"],
+    parser.add_argument("dataset", choices=[*datasets, "report"],
                         help="which dataset (eval/registry.py, or yours via SSLFER_PLUGINS); 'report' joins reports")
     parser.add_argument("data", nargs="+", help="the dataset folder (or fer2013.csv); for 'report': report folders")
     parser.add_argument("--ckpt", action="append", default=[],
@@ -54,6 +46,20 @@ def main(argv=None) -> int:
     parser.add_argument("--best-epoch", action="store_true",
                         help="report: of each run's kept epoch checkpoints (RUN/checkpoints/epoch-*.pt) show only "
                              "the best by the table's first column, with its epoch (the paper's rule, Table 3)")
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not plugins_loaded():  # datasets of the user's (SSLFER_PLUGINS)
+        return 2
+    from eval.registry import DATASETS
+
+    if argv[:1] == ["embed"]:  # its own options: python -m eval embed --help
+        from eval.embed import main as embed
+
+        return embed(argv[1:])
+    parser = build_parser(DATASETS)
     args, overrides = parser.parse_known_args(argv)
     bad = [o for o in overrides if "=" not in o]
     if bad:
